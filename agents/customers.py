@@ -1,0 +1,216 @@
+"""The customer agent: raw input bytes in, customer state and dead letters out.
+
+It consumes the four input topics and the clock topic as one stream of raw bytes,
+in batches (``take_events``) so that a customer touched by many events in a batch
+is decoded and written once. Per batch and input partition it:
+
+1. validates each message (bad ones go to ``churnwatch.deadletter`` with a reason);
+2. folds valid events into customer state with ``retention.apply`` (idempotent);
+3. writes the partition's own record, then each touched customer, to the
+   ``customers`` table, within the context of an event of that partition so the
+   changelog record lands in the partition the state belongs to.
+
+Writing the partition record first matters for at-least-once processing: records
+of one changelog partition are stored in send order, so after a crash the stored
+partition record (with its processed offsets and counters) is never behind the
+customer states. Redelivered messages are then recognised by offset and not
+counted twice, while their effect on state is deduplicated by event id.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import msgspec
+from faust.streams import Stream, _current_event
+from faust.types import EventT, StreamT
+from prometheus_client import Counter
+
+from retention.apply import apply
+from retention.partition import PartitionState, decode_partition, encode_partition
+from retention.state import CustomerState, decode_state, encode_state
+from retention.timeutil import DAY, SECOND, to_micros
+from schemas.deadletter import DeadLetter
+from schemas.decode import Rejected
+from schemas.events import ClockTick, EventType
+from streams import topics
+from streams.app import ChurnwatchApp
+from streams.partitions import partition_state_key
+
+_JSON = msgspec.json.Encoder()
+#: Events dated further ahead of the wall clock than this are rejected: one such
+#: event would move the partition's watermark into the future and make every
+#: later event look late.
+MAX_FUTURE = DAY
+
+
+@contextmanager
+def handling(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event while writing tables.
+
+    Faust picks a table record's changelog partition (and RocksDB shard) from the
+    current event, which is unset while handling a batch from ``take_events``. All
+    events of a group share a partition, so any of them is the right context.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class CustomerBatch:
+    """Processes one batch of input for the customer agent."""
+
+    def __init__(self, app: ChurnwatchApp) -> None:
+        self.app = app
+        self.table = app.customers
+        self.decoder = app.decoder
+        self.policy = app.settings.policy
+        self.metrics = app.metrics
+        self.deadletter = app.deadletter_topic
+
+    def process(self, events: Sequence[EventT]) -> None:
+        started = time.perf_counter()
+        by_partition: dict[int, list[EventT]] = defaultdict(list)
+        for event in events:
+            by_partition[event.message.partition].append(event)
+        for partition, group in by_partition.items():
+            with handling(group[-1]):
+                self._process_partition(partition, group)
+        self.metrics.batch_size.observe(len(events))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _load_partition(self, partition: int) -> PartitionState:
+        raw = self.table.get(partition_state_key(partition))
+        return PartitionState(partition=partition) if raw is None else decode_partition(raw)
+
+    def _process_partition(self, partition: int, group: list[EventT]) -> None:
+        table = self.table
+        metrics = self.metrics
+        pstate = self._load_partition(partition)
+        wall = time.time()
+        future_limit = round(wall * SECOND) + MAX_FUTURE
+        touched: dict[bytes, CustomerState] = {}
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        latencies: list[float] = []
+        for event in group:
+            message = event.message
+            topic = message.topic
+            redelivered = pstate.is_redelivery(topic, message.offset)
+            pstate.processed(topic, message.offset)
+            if topic == topics.CLOCK:
+                tick = self.decoder.decode_tick(message.value)
+                if isinstance(tick, ClockTick):
+                    pstate.advance(to_micros(tick.time))
+                    if not redelivered:
+                        pstate.ticks += 1
+                        counts["consumed", "tick"] += 1
+                else:
+                    self._reject(message, tick, pstate, redelivered, counts)
+                continue
+            kind: EventType = topics.INPUT_TOPICS[topic]
+            if not redelivered:
+                pstate.consumed += 1
+                counts["consumed", kind] += 1
+            decoded = self.decoder.decode(kind, message.key, message.value)
+            if isinstance(decoded, Rejected):
+                self._reject(message, decoded, pstate, redelivered, counts)
+                continue
+            at = to_micros(decoded.occurred_at)
+            if at > future_limit:
+                rejected = Rejected("future_time", "occurred_at is more than a day ahead")
+                self._reject(message, rejected, pstate, redelivered, counts)
+                continue
+            key = message.key
+            assert key is not None  # the decoder rejects keyless messages
+            state = touched.get(key)
+            if state is None:
+                raw = table.get(key)
+                if raw is None:
+                    if not redelivered:
+                        pstate.customers += 1
+                else:
+                    state = decode_state(raw)
+            applied = apply(state, decoded, pstate.watermark or at, self.policy)
+            touched[key] = applied.state
+            pstate.advance(at)
+            if message.timestamp:
+                latencies.append(wall - message.timestamp)
+            if redelivered:
+                continue
+            if applied.duplicate:
+                pstate.duplicates += 1
+                counts["duplicate", kind] += 1
+            else:
+                pstate.valid += 1
+                counts["valid", kind] += 1
+                if applied.late:
+                    pstate.late += 1
+                    counts["late", kind] += 1
+        # Partition record first: see the module docstring.
+        table[partition_state_key(partition)] = encode_partition(pstate)
+        for key, state in touched.items():
+            table[key] = encode_state(state)
+        families: dict[str, dict[str, Counter]] = {
+            "consumed": metrics.consumed,
+            "valid": metrics.valid,
+            "duplicate": metrics.duplicates,
+            "late": metrics.late,
+            "rejected": metrics.rejected,
+        }
+        for (family, label), n in counts.items():
+            families[family][label].inc(n)
+        observe = metrics.latency.observe
+        for latency in latencies:
+            observe(latency)
+
+    def _reject(
+        self,
+        message: Any,
+        rejected: Rejected,
+        pstate: PartitionState,
+        redelivered: bool,
+        counts: dict[tuple[str, str], int],
+    ) -> None:
+        # Re-sent on redelivery (at-least-once); consumers de-duplicate on
+        # (topic, partition, offset). Counted only once.
+        if not redelivered:
+            pstate.deadletter += 1
+            counts["rejected", rejected.reason] += 1
+        value = message.value or b""
+        record = DeadLetter(
+            reason=rejected.reason,
+            detail=rejected.detail,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            timestamp_ms=None if message.timestamp is None else round(message.timestamp * 1000),
+            key_b64=None if message.key is None else base64.b64encode(message.key).decode(),
+            value_b64=base64.b64encode(value).decode(),
+            size=len(value),
+            received_at=datetime.now(UTC),
+        )
+        self.deadletter.send_soon(
+            key=message.key, value=_JSON.encode(record), partition=message.partition
+        )
+
+
+def install(app: ChurnwatchApp) -> None:
+    settings = app.settings
+    batch = CustomerBatch(app)
+
+    @app.agent(app.inputs, name="customers", concurrency=1)
+    async def customers(stream: StreamT[bytes]) -> None:
+        batches = cast(Stream[bytes], stream).take_events(
+            settings.batch_max, within=settings.batch_within
+        )
+        async for events in batches:
+            batch.process(events)

@@ -1,0 +1,176 @@
+"""Folding one validated event into a customer's state.
+
+``apply`` is the only writer of ``CustomerState``. It is idempotent for events it
+has recently seen (by ``event_id``) and commutative otherwise, which is what lets
+the worker run at-least-once and accept events of one customer arriving out of
+order across topics.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import Final
+
+from retention.state import (
+    MONEY_UNIT,
+    CustomerState,
+    Latest,
+    Negative,
+    PurchaseDay,
+    Seen,
+    _max,
+    _min,
+)
+from retention.timeutil import DAY, Micros, to_micros
+from schemas.events import Cancellation, Event, Feedback, Purchase, Signup
+
+DETRACTOR_MAX: Final = 6  # NPS 0-6
+PROMOTER_MIN: Final = 9  # NPS 9-10
+LOW_CSAT_MAX: Final = 2  # CSAT 1-2 counts as a bad experience
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The knobs of ``apply``; defaults documented in the README's configuration table.
+
+    ``dedup_ids`` bounds how many recent event ids a customer remembers: a duplicate
+    is recognised while its original is among the customer's ``dedup_ids`` most
+    recent events (by event time). Redeliveries after a worker restart and producer
+    retries are recent, so a small bound covers them at a few hundred bytes per
+    customer.
+    """
+
+    dedup_ids: int = 32
+    negatives: int = 8
+    lateness: Micros = 6 * 3600 * 1_000_000
+
+
+DEFAULT_POLICY: Final = Policy()
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    state: CustomerState
+    duplicate: bool
+    late: bool
+
+
+def id_hash(event_id: str) -> int:
+    """A stable 63-bit digest of an event id (Python's ``hash`` is salted per process)."""
+    return int.from_bytes(blake2b(event_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def money(amount: float) -> int:
+    return round(amount * MONEY_UNIT)
+
+
+def new_state(customer_id: str) -> CustomerState:
+    return CustomerState(customer_id=customer_id)
+
+
+def apply(
+    state: CustomerState | None, event: Event, now: Micros, policy: Policy = DEFAULT_POLICY
+) -> Applied:
+    """Fold ``event`` into ``state`` (which it takes over and may modify in place).
+
+    ``now`` is the partition's event-time watermark: an event older than
+    ``now - policy.lateness`` is still applied but reported as late, so the
+    caller can leave closed periods alone.
+    """
+    if state is None:
+        state = new_state(event.customer_id)
+    at = to_micros(event.occurred_at)
+    tie = id_hash(event.event_id)
+    seen = state.seen
+    for item in seen:
+        if item.id_hash == tie:
+            return Applied(state, duplicate=True, late=False)
+    _remember(seen, Seen(at, tie), policy.dedup_ids)
+    late = at < now - policy.lateness
+    if isinstance(event, Purchase):
+        _purchase(state, event, at)
+    elif isinstance(event, Signup):
+        _signup(state, event, at, tie)
+    elif isinstance(event, Cancellation):
+        _cancellation(state, event, at, tie)
+    elif isinstance(event, Feedback):
+        _feedback(state, event, at, tie, policy)
+    else:  # pragma: no cover - the decoder only produces the four kinds
+        raise TypeError(f"unknown event {type(event).__name__}")
+    return Applied(state, duplicate=False, late=late)
+
+
+def _remember(seen: list[Seen], item: Seen, capacity: int) -> None:
+    # Keep the ``capacity`` greatest (time, hash): a set independent of arrival order.
+    bisect.insort(seen, item, key=lambda s: (s.at, s.id_hash))
+    if len(seen) > capacity:
+        del seen[0]
+
+
+def _newer(current: Latest | None, at: Micros, tie: int) -> bool:
+    return current is None or (at, tie) > (current.at, current.tie)
+
+
+def _purchase(state: CustomerState, event: Purchase, at: Micros) -> None:
+    spend = money(event.amount)
+    state.purchases += 1
+    state.spend += spend
+    if event.cost_to_serve is not None:
+        state.cost_to_serve += money(event.cost_to_serve)
+    state.first_purchase_at = _min(state.first_purchase_at, at)
+    state.last_purchase_at = _max(state.last_purchase_at, at)
+    day = at // DAY
+    days = state.days
+    index = bisect.bisect_left(days, day, key=lambda d: d.day)
+    if index < len(days) and days[index].day == day:
+        days[index].count += 1
+        days[index].spend += spend
+    else:
+        days.insert(index, PurchaseDay(day, 1, spend))
+
+
+def _signup(state: CustomerState, event: Signup, at: Micros, tie: int) -> None:
+    state.first_signup_at = _min(state.first_signup_at, at)
+    state.last_signup_at = _max(state.last_signup_at, at)
+    if _newer(state.profile, at, tie):
+        state.profile = Latest(at, tie, None)
+        state.segment, state.plan, state.channel = event.segment, event.plan, event.channel
+    if event.monthly_fee is not None and _newer(state.fee, at, tie):
+        state.fee = Latest(at, tie, money(event.monthly_fee))
+
+
+def _cancellation(state: CustomerState, event: Cancellation, at: Micros, tie: int) -> None:
+    state.cancellations += 1
+    state.last_cancel_at = _max(state.last_cancel_at, at)
+    if _newer(state.cancel, at, tie):
+        state.cancel = Latest(at, tie, event.reason_code)
+        state.cancelled_fee = None if event.monthly_fee is None else money(event.monthly_fee)
+
+
+def _feedback(state: CustomerState, event: Feedback, at: Micros, tie: int, policy: Policy) -> None:
+    negative: str | None = None
+    if event.kind == "nps":
+        state.nps_responses += 1
+        if _newer(state.nps, at, tie):
+            state.nps = Latest(at, tie, event.score)
+        if event.score is not None and event.score <= DETRACTOR_MAX:
+            negative = "detractor"
+    elif event.kind == "csat":
+        state.csat_responses += 1
+        if _newer(state.csat, at, tie):
+            state.csat = Latest(at, tie, event.score)
+        if event.score is not None and event.score <= LOW_CSAT_MAX:
+            negative = "low_csat"
+    else:
+        state.support_contacts += 1
+        if _newer(state.support, at, tie):
+            state.support = Latest(at, tie, event.outcome)
+        if event.outcome in ("bad", "unresolved"):
+            negative = "bad_support"
+    if negative is not None:
+        negatives = state.negatives
+        bisect.insort(negatives, Negative(at, tie, negative), key=lambda n: (n.at, n.tie))
+        if len(negatives) > policy.negatives:
+            del negatives[0]

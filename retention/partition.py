@@ -1,0 +1,51 @@
+"""State of one input partition: its event-time clock and exact counters.
+
+Counters must survive restarts and must not double-count redelivered input, so
+the partition records the highest offset it has processed per source topic: a
+message at or below it is a redelivery, applied again (idempotently) but not
+counted again. The worker writes this record before the customer records of the
+same batch into the same changelog partition, so after a crash the record is
+never older than the customer states it describes (see ``agents/customers.py``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from retention.timeutil import Micros
+
+
+class PartitionState(msgspec.Struct, kw_only=True):
+    partition: int
+    watermark: Micros | None = None
+    customers: int = 0
+    consumed: int = 0
+    valid: int = 0
+    deadletter: int = 0
+    duplicates: int = 0
+    late: int = 0
+    ticks: int = 0
+    offsets: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def advance(self, moment: Micros) -> None:
+        if self.watermark is None or moment > self.watermark:
+            self.watermark = moment
+
+    def is_redelivery(self, topic: str, offset: int) -> bool:
+        return offset <= self.offsets.get(topic, -1)
+
+    def processed(self, topic: str, offset: int) -> None:
+        if offset > self.offsets.get(topic, -1):
+            self.offsets[topic] = offset
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(PartitionState)
+
+
+def encode_partition(state: PartitionState) -> bytes:
+    return _ENCODER.encode(state)
+
+
+def decode_partition(data: bytes) -> PartitionState:
+    return _DECODER.decode(data)

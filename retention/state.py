@@ -1,0 +1,162 @@
+"""Per-customer state: everything later rules need, in a compact, mergeable form.
+
+Every field is either a monotone aggregate (min/max of event times, sums and counts
+guarded by de-duplication) or "latest by event time" with a deterministic
+tie-break, so the same set of events gives the same state in any arrival order.
+Money is kept in integer micro-units of the event currency: sums of floats depend
+on the order they are added in, sums of integers do not.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from retention.timeutil import DAY, Micros
+
+MONEY_UNIT: Final = 1_000_000  # micro-units per currency unit
+
+
+class PurchaseDay(msgspec.Struct, array_like=True, gc=False):
+    """Purchases on one UTC day: the unit of BG/NBD frequency (one per day)."""
+
+    day: int
+    count: int
+    spend: int
+
+
+class Seen(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """A recently applied event: event time and a 63-bit hash of its id."""
+
+    at: Micros
+    id_hash: int
+
+
+class Latest(msgspec.Struct, array_like=True, gc=False):
+    """A value that the event with the greatest (time, id hash) decides."""
+
+    at: Micros
+    tie: int
+    value: str | int | None
+
+
+class Negative(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """One bad experience (detractor score, low CSAT, bad or unresolved support)."""
+
+    at: Micros
+    tie: int
+    code: str
+
+
+class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
+    customer_id: str
+    # Activity: signups and purchases.
+    first_signup_at: Micros | None = None
+    last_signup_at: Micros | None = None
+    profile: Latest | None = None  # value: [segment, plan, channel] of the latest signup
+    first_purchase_at: Micros | None = None
+    last_purchase_at: Micros | None = None
+    purchases: int = 0
+    spend: int = 0
+    cost_to_serve: int = 0
+    days: list[PurchaseDay] = msgspec.field(default_factory=list)
+    # Subscription: the fee of the latest signup that carried one; cancellations.
+    fee: Latest | None = None
+    last_cancel_at: Micros | None = None
+    cancel: Latest | None = None  # value: reason_code of the latest cancellation
+    cancelled_fee: int | None = None  # micro-units, from the latest cancellation
+    cancellations: int = 0
+    # Feedback.
+    nps: Latest | None = None
+    csat: Latest | None = None
+    support: Latest | None = None
+    nps_responses: int = 0
+    csat_responses: int = 0
+    support_contacts: int = 0
+    negatives: list[Negative] = msgspec.field(default_factory=list)
+    # De-duplication: the most recent event ids by event time, bounded.
+    seen: list[Seen] = msgspec.field(default_factory=list)
+    # Signup attributes, denormalised from ``profile`` for readers.
+    segment: str | None = None
+    plan: str | None = None
+    channel: str | None = None
+
+    @property
+    def acquired_at(self) -> Micros | None:
+        """The earliest activity (signup or purchase): when the customer was acquired."""
+        return _min(self.first_signup_at, self.first_purchase_at)
+
+    @property
+    def last_activity_at(self) -> Micros | None:
+        return _max(self.last_signup_at, self.last_purchase_at)
+
+    @property
+    def monthly_fee(self) -> int:
+        """Monthly fee (micro-units) of the current subscription, 0 if none."""
+        return int(self.fee.value) if self.fee is not None and self.fee.value else 0
+
+    @property
+    def subscribed(self) -> bool:
+        """A paid subscription is running: its latest fee-bearing signup is after any cancel."""
+        if self.fee is None or not self.fee.value:
+            return False
+        return self.last_cancel_at is None or self.last_cancel_at < self.fee.at
+
+    def active_at(self, moment: Micros, window: Micros | None) -> bool:
+        """DESIGN section 6, for a state holding only events before ``moment``.
+
+        Active iff there is an activity L, L >= moment - window, and no cancellation
+        at or after L.
+        """
+        last = self.last_activity_at
+        if last is None:
+            return False
+        if window is not None and last < moment - window:
+            return False
+        return self.last_cancel_at is None or self.last_cancel_at < last
+
+    def lapse_at(self, window: Micros | None) -> Micros | None:
+        """The instant this customer stops being active if nothing else happens."""
+        last = self.last_activity_at
+        if last is None or window is None:
+            return None
+        if self.last_cancel_at is not None and self.last_cancel_at >= last:
+            return None  # already churned by cancellation
+        return last + window
+
+    def typical_interval_days(self) -> float | None:
+        """Median gap between distinct purchase days: the customer's own rhythm."""
+        if len(self.days) < 2:
+            return None
+        gaps = sorted(b.day - a.day for a, b in zip(self.days, self.days[1:], strict=False))
+        mid = len(gaps) // 2
+        return float(gaps[mid]) if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None or a <= b else b
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None or a >= b else b
+
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder(CustomerState)
+
+
+def encode_state(state: CustomerState) -> bytes:
+    return _ENCODER.encode(state)
+
+
+def decode_state(data: bytes) -> CustomerState:
+    return _DECODER.decode(data)
+
+
+def day_start(day: int) -> Micros:
+    return day * DAY

@@ -1,0 +1,103 @@
+"""Turning raw Kafka bytes into a validated event, or a reason why not.
+
+The worker consumes raw bytes and validates here instead of letting Faust decode:
+Faust skips undecodable messages silently, and a rejected event must instead reach
+the dead-letter topic with a reason. Every failure mode (oversize, bad UTF-8,
+malformed or too deeply nested JSON, schema violations, a key that is not the
+customer id) maps to one of a small fixed set of reason codes, so that metrics
+labelled by reason stay bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from schemas.deadletter import RejectReason
+from schemas.events import EVENT_STRUCTS, ClockTick, Event, EventType
+
+DEFAULT_MAX_EVENT_BYTES: Final = 64 * 1024
+_DETAIL_MAX: Final = 300
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    reason: RejectReason
+    detail: str
+
+
+Decoded = Event | Rejected
+
+
+def _classify(error: msgspec.ValidationError) -> RejectReason:
+    message = str(error)
+    if message.startswith("Object missing required field"):
+        return "missing_field"
+    if message.endswith("at `$.type`"):
+        return "wrong_type"
+    if message.startswith("Expected `object`"):
+        return "not_an_object"
+    return "invalid_field"
+
+
+class EventDecoder:
+    """Validates input for one worker; reusable and cheap to call per event."""
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._decoders: dict[EventType, msgspec.json.Decoder[Event]] = {
+            kind: msgspec.json.Decoder(struct) for kind, struct in EVENT_STRUCTS.items()
+        }
+        self._tick = msgspec.json.Decoder(ClockTick)
+
+    def _precheck(self, value: bytes | None) -> Rejected | None:
+        if value is None:
+            return Rejected("not_an_object", "empty message (tombstone)")
+        if len(value) > self.max_event_bytes:
+            return Rejected(
+                "too_large", f"{len(value)} bytes exceeds the limit of {self.max_event_bytes}"
+            )
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Rejected("not_utf8", f"invalid UTF-8 at byte {exc.start}")
+        return None
+
+    def decode(self, event_type: EventType, key: bytes | None, value: bytes | None) -> Decoded:
+        """Validate ``value`` as an event of ``event_type`` keyed by ``key``."""
+        rejected = self._precheck(value)
+        if rejected is not None:
+            return rejected
+        assert value is not None
+        try:
+            event = self._decoders[event_type].decode(value)
+        except msgspec.ValidationError as exc:
+            return Rejected(_classify(exc), _short(exc))
+        except msgspec.DecodeError as exc:
+            return Rejected("malformed_json", _short(exc))
+        except RecursionError:
+            return Rejected("too_deep", "JSON nested too deeply")
+        if key is None:
+            return Rejected("key_mismatch", "message has no key; expected the customer_id")
+        if key != event.customer_id.encode():
+            return Rejected("key_mismatch", "message key differs from customer_id")
+        return event
+
+    def decode_tick(self, value: bytes | None) -> ClockTick | Rejected:
+        rejected = self._precheck(value)
+        if rejected is not None:
+            return rejected
+        assert value is not None
+        try:
+            return self._tick.decode(value)
+        except msgspec.ValidationError as exc:
+            return Rejected(_classify(exc), _short(exc))
+        except msgspec.DecodeError as exc:
+            return Rejected("malformed_json", _short(exc))
+        except RecursionError:
+            return Rejected("too_deep", "JSON nested too deeply")
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 1] + "…"

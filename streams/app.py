@@ -1,0 +1,113 @@
+"""The one app factory: a Faust app wired from ``Settings``.
+
+Nothing here runs at import time and no module holds a global app, so tests and
+tools can build as many apps as they need. Agents live in ``agents/`` and plug in
+through the ``churnwatch.components`` entry point group declared in
+pyproject.toml, which keeps this package free of imports from ``agents``.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+from typing import Any
+
+import faust
+
+from schemas.decode import EventDecoder
+from streams import topics
+from streams.metrics import PipelineMetrics
+from streams.partitions import partition_states
+from streams.settings import Settings
+from streams.web import install_views
+
+COMPONENT_GROUP = "churnwatch.components"
+QUIET_LOGGERS = ("faust", "mode", "aiokafka", "kafka")
+
+
+class ChurnwatchApp(faust.App):
+    """A Faust app that also carries churnwatch's settings and shared components."""
+
+    settings: Settings
+    decoder: EventDecoder
+    metrics: PipelineMetrics
+    customers: Any  # faust.Table[bytes, bytes]
+    inputs: faust.TopicT
+    clock_topic: faust.TopicT
+    deadletter_topic: faust.TopicT
+
+
+def faust_config(settings: Settings) -> dict[str, Any]:
+    """Faust settings for throughput and quick start-up (see README, Performance)."""
+    heartbeat = max(0.5, min(3.0, settings.session_timeout / 4))
+    return {
+        "broker": settings.broker,
+        "store": settings.store,
+        "datadir": settings.datadir,
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication,
+        "table_standby_replicas": settings.standby_replicas,
+        "web_host": settings.web_host,
+        "web_port": settings.web_port,
+        "web_bind": settings.web_host,
+        "web_in_thread": False,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": settings.session_timeout,
+        "broker_heartbeat_interval": heartbeat,
+        "broker_rebalance_timeout": max(settings.session_timeout * 3, 10.0),
+        "broker_commit_interval": settings.commit_interval,
+        "broker_max_poll_records": max(500, settings.batch_max),
+        "stream_recovery_delay": 0.0,
+        "stream_wait_empty": False,
+        "producer_linger": 0.02,
+        "producer_max_batch_size": 1024 * 1024,
+        "producer_max_request_size": 4 * 1024 * 1024,
+        "topic_disable_leader": True,
+        "timezone": "UTC",
+    }
+
+
+def create_app(settings: Settings) -> ChurnwatchApp:
+    app = ChurnwatchApp(settings.app_id, **faust_config(settings))
+    app.settings = settings
+    app.decoder = EventDecoder(settings.max_event_bytes)
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    app.inputs = app.topic(*topics.CONSUMED_TOPICS, partitions=settings.partitions, **raw)
+    app.clock_topic = app.topic(topics.CLOCK, partitions=settings.partitions, **raw)
+    app.deadletter_topic = app.topic(topics.DEADLETTER, partitions=settings.partitions, **raw)
+    app.customers = app.Table(
+        topics.CUSTOMERS_TABLE,
+        partitions=settings.partitions,
+        help="Per-customer state (and one record per partition), msgpack-encoded",
+        schema=faust.Schema(**raw),
+        extra_topic_configs={"cleanup.policy": "compact"},
+    )
+    app.metrics = PipelineMetrics(lambda: partition_states(app, app.customers))
+    components = sorted(entry_points(group=COMPONENT_GROUP), key=lambda ep: ep.name)
+    if not components:
+        raise RuntimeError(
+            f"no churnwatch components found in entry point group {COMPONENT_GROUP!r}: "
+            "install the package (make install) so the agents are registered"
+        )
+    for component in components:
+        component.load()(app)
+    install_views(app)
+
+    async def _after_start() -> None:
+        # Below WARNING Faust and aiokafka log several records per event, which costs
+        # more than processing it; their own records stay at WARNING unless debugging.
+        if settings.log_level.lower() != "debug":
+            for name in QUIET_LOGGERS:
+                logging.getLogger(name).setLevel(logging.WARNING)
+        # A batch writes one changelog record per touched customer; let the buffer
+        # hold a whole batch instead of blocking on every hundredth record.
+        app.producer.buffer.max_messages = max(10 * settings.batch_max, 10_000)
+
+    app.on_startup_finished = _after_start
+
+    return app

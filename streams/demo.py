@@ -1,0 +1,169 @@
+"""The demo: the whole pipeline on one machine with nothing but this package.
+
+An embedded broker, one worker process, and a synthetic history streamed at a
+steady rate; afterwards the demo keeps the clock ticking in wall time. While
+history streams, event time is carried by the events themselves (the worker's
+watermark follows them), which is why the demo drives the clock itself instead
+of the worker's live clock: wall-clock ticks during a backfill would make every
+historical event late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+
+from schemas.events import ClockTick
+from streams import topics
+from streams.broker import EmbeddedBroker
+from streams.generator import generate
+from streams.inputs import route
+from streams.kafka_admin import create_topics
+from streams.produce import publish
+from streams.settings import Settings
+from streams.workers import WorkerProcess
+
+SUMMARY_EVERY = 5.0
+
+
+def scrape(worker: WorkerProcess) -> dict[str, float]:
+    """Totals of the worker's counters by family name (labels summed)."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(worker.get_text("/metrics")):
+        for sample in family.samples:
+            if sample.name.endswith(("_total", "_customers")) or sample.name in {
+                "churnwatch_customers"
+            }:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+async def _ticks(bootstrap: str, partitions: int, interval: float, stop: asyncio.Event) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        while not stop.is_set():
+            value = msgspec.json.encode(ClockTick(time=datetime.now(UTC), source="demo"))
+            for partition in range(partitions):
+                await producer.send(topics.CLOCK, value, partition=partition)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+    finally:
+        await producer.stop()
+
+
+async def _summaries(worker: WorkerProcess, console: Console, stop: asyncio.Event) -> None:
+    previous, previous_at = 0.0, time.monotonic()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SUMMARY_EVERY)
+        try:
+            totals = await asyncio.to_thread(scrape, worker)
+        except OSError as exc:
+            console.print(f"[yellow]metrics not available: {exc}[/]")
+            continue
+        consumed = totals.get("churnwatch_events_consumed_total", 0.0)
+        now = time.monotonic()
+        rate = (consumed - previous) / (now - previous_at)
+        previous, previous_at = consumed, now
+        console.print(
+            f"events {consumed:>9,.0f} ({rate:>6,.0f}/s) | "
+            f"valid {totals.get('churnwatch_events_valid_total', 0):>9,.0f} | "
+            f"dead-lettered {totals.get('churnwatch_events_rejected_total', 0):>5,.0f} | "
+            f"duplicates {totals.get('churnwatch_events_duplicate_total', 0):>5,.0f} | "
+            f"late {totals.get('churnwatch_events_late_total', 0):>5,.0f} | "
+            f"customers {totals.get('churnwatch_customers', 0):>7,.0f}"
+        )
+
+
+async def _run(
+    settings: Settings,
+    worker: WorkerProcess,
+    duration: float | None,
+    customers: int,
+    days: int,
+    rate: float,
+    seed: int,
+    console: Console,
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if duration is not None:
+        loop.call_later(duration, stop.set)
+    end = datetime.now(UTC).replace(microsecond=0)
+    records = (route(line) for line in generate(customers, days, seed, end))
+    summaries = asyncio.create_task(_summaries(worker, console, stop))
+    streaming = asyncio.create_task(publish(settings.bootstrap, records, rate=rate))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({streaming, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if streaming.done():
+        stats = streaming.result()
+        console.print(
+            f"[green]history streamed[/]: {stats.published:,} records; "
+            "now ticking the clock in wall time"
+        )
+        clock = asyncio.create_task(
+            _ticks(settings.bootstrap, settings.partitions, settings.clock_interval, stop)
+        )
+        await stop.wait()
+        await clock
+    else:
+        streaming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await streaming
+    await summaries
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    duration: float | None,
+    customers: int,
+    days: int,
+    rate: float,
+    seed: int,
+    console: Console,
+) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="churnwatch-demo-"))
+    console.print(f"[bold]churnwatch demo[/] (logs and data in {workdir})")
+    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        settings = settings.replace(
+            broker=broker.url,
+            app_id="churnwatch-demo",
+            clock="off",
+            session_timeout=min(settings.session_timeout, 3.0),
+            datadir=str(workdir / "data"),
+        )
+        console.print(f"broker   {broker.bootstrap} (embedded Tansu)")
+        asyncio.run(
+            create_topics(settings.bootstrap, dict.fromkeys(topics.ALL_TOPICS, settings.partitions))
+        )
+        worker = WorkerProcess(settings, workdir / "worker.log")
+        worker.start()
+        try:
+            worker.wait_ready()
+            console.print(f"metrics  {worker.base_url}/metrics")
+            console.print(f"health   {worker.base_url}/health")
+            console.print(
+                f"streaming {customers:,} customers x {days} days of history "
+                f"at {rate:,.0f} events/s"
+                + (f" for {duration:.0f}s" if duration else " (Ctrl-C to stop)")
+            )
+            asyncio.run(_run(settings, worker, duration, customers, days, rate, seed, console))
+        finally:
+            worker.stop()
+    console.print("demo stopped")

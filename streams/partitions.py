@@ -1,0 +1,42 @@
+"""Where a worker keeps the record of each input partition it owns.
+
+The partition record lives in the customers table itself, under a key no
+customer id can take (ids never contain control characters): records of one
+changelog partition are stored in the order they were sent, which is what the
+customer agent relies on for counting exactly under at-least-once delivery.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from retention.partition import PartitionState, decode_partition
+from streams import topics
+
+
+def partition_state_key(partition: int) -> bytes:
+    return b"\x00partition/%d" % partition
+
+
+def is_customer_key(key: bytes) -> bool:
+    return not key.startswith(b"\x00")
+
+
+def assigned_partitions(app: faust.App) -> list[int]:
+    """Input partitions this worker actively owns (standby replicas excluded)."""
+    try:
+        actives = app.assignor.assigned_actives()
+    except Exception:  # before the first assignment
+        return []
+    return sorted(tp.partition for tp in actives if tp.topic == topics.CLOCK)
+
+
+def partition_states(app: faust.App, table: Any) -> list[PartitionState]:
+    states = []
+    for partition in assigned_partitions(app):
+        raw = table.get(partition_state_key(partition))
+        if raw is not None:
+            states.append(decode_partition(raw))
+    return states

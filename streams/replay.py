@@ -1,0 +1,204 @@
+"""Replaying an event history through real workers on a real broker.
+
+Events go through Kafka and the same worker processes as in production; results
+are read back from the ``customers`` table's changelog topic (the last record per
+key), not recomputed from the input. Steps: start a broker (unless one is given),
+create topics, start workers with the live clock off, publish the file, wait until
+the workers have committed every input offset, send one final clock tick at
+``as_of`` to every partition, wait for that too, then collect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+
+from retention.partition import PartitionState, decode_partition
+from retention.state import CustomerState, decode_state
+from retention.timeutil import Micros, from_micros
+from schemas.events import ClockTick
+from streams import topics
+from streams.broker import EmbeddedBroker
+from streams.inputs import Format, read_events
+from streams.kafka_admin import create_topics, read_latest_by_key, wait_for_zero_lag
+from streams.partitions import is_customer_key
+from streams.produce import PublishStats, publish
+from streams.settings import Settings
+from streams.workers import WorkerProcess, free_port
+
+Stage = Callable[[str], None]
+
+
+@dataclass
+class ReplayResult:
+    as_of: Micros
+    customers: dict[str, CustomerState]
+    partitions: list[PartitionState]
+    published: PublishStats
+    processing_seconds: float
+    settings: Settings
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def events(self) -> dict[str, int]:
+        totals = {"consumed": 0, "valid": 0, "deadletter": 0, "duplicates": 0, "late": 0}
+        for state in self.partitions:
+            for name in totals:
+                totals[name] += getattr(state, name)
+        return totals
+
+    @property
+    def rate(self) -> float:
+        """Input events per second, from first publish to all input committed."""
+        consumed = self.events["consumed"]
+        return consumed / self.processing_seconds if self.processing_seconds > 0 else 0.0
+
+
+def replay_settings(base: Settings, broker_url: str, partitions: int, workdir: Path) -> Settings:
+    """Settings for replay workers: a fresh group, no live clock, fast commits."""
+    return base.replace(
+        broker=broker_url,
+        app_id=f"{base.app_id}-replay-{int(time.time() * 1000)}",
+        partitions=partitions,
+        clock="off",
+        commit_interval=min(base.commit_interval, 0.5),
+        session_timeout=min(base.session_timeout, 3.0),
+        datadir=str(workdir / "data"),
+        web_host="127.0.0.1",
+    )
+
+
+@contextlib.contextmanager
+def running_workers(settings: Settings, count: int, workdir: Path) -> Iterator[list[WorkerProcess]]:
+    workers = [
+        WorkerProcess(
+            settings.replace(web_port=free_port(), datadir=str(workdir / f"worker-{n}")),
+            workdir / f"worker-{n}.log",
+        )
+        for n in range(count)
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+async def send_final_tick(bootstrap: str, partitions: int, as_of: Micros) -> None:
+    value = msgspec.json.encode(ClockTick(time=from_micros(as_of), source="replay"))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for partition in range(partitions):
+            await producer.send_and_wait(topics.CLOCK, value, partition=partition)
+    finally:
+        await producer.stop()
+
+
+async def collect(
+    bootstrap: str, app_id: str
+) -> tuple[dict[str, CustomerState], list[PartitionState]]:
+    latest = await read_latest_by_key(bootstrap, topics.changelog_topic(app_id))
+    customers: dict[str, CustomerState] = {}
+    partitions: list[PartitionState] = []
+    for key, value in latest.items():
+        if value is None:
+            continue
+        if is_customer_key(key):
+            state = decode_state(value)
+            customers[state.customer_id] = state
+        else:
+            partitions.append(decode_partition(value))
+    partitions.sort(key=lambda p: p.partition)
+    return customers, partitions
+
+
+def replay(
+    path: Path,
+    as_of: Micros,
+    *,
+    fmt: Format = "jsonl",
+    partitions: int = 4,
+    workers: int = 1,
+    broker_url: str | None = None,
+    base: Settings | None = None,
+    workdir: Path | None = None,
+    stage: Stage = lambda _: None,
+    progress: Callable[[str, int], None] | None = None,
+    timeout: float = 1800.0,
+) -> ReplayResult:
+    base = base or Settings.from_env()
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="churnwatch-")))
+        if broker_url is None:
+            stage("starting the embedded broker")
+            broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
+            broker_url = broker.url
+        settings = replay_settings(base, broker_url, partitions, workdir)
+        bootstrap = settings.bootstrap
+        timings: dict[str, float] = {}
+        stage(f"creating topics ({partitions} partitions)")
+        asyncio.run(create_topics(bootstrap, dict.fromkeys(topics.ALL_TOPICS, partitions)))
+        stage(f"starting {workers} worker(s)")
+        started = time.perf_counter()
+        procs = stack.enter_context(running_workers(settings, workers, workdir))
+        for proc in procs:
+            proc.wait_ready()
+        timings["workers_ready"] = time.perf_counter() - started
+        stage("publishing events")
+        began = time.perf_counter()
+        published = asyncio.run(
+            publish(
+                bootstrap,
+                read_events(path, fmt),
+                before=as_of,
+                progress=None if progress is None else (lambda n: progress("published", n)),
+            )
+        )
+        timings["publish"] = published.seconds
+        stage("waiting for the workers to process every event")
+
+        def on_lag(lag: int) -> None:
+            for proc in procs:
+                if not proc.alive():
+                    raise RuntimeError(f"a worker died during the replay:\n{proc.log_tail()}")
+            if progress is not None:
+                progress("lag", lag)
+
+        asyncio.run(
+            wait_for_zero_lag(
+                bootstrap,
+                settings.app_id,
+                list(topics.INPUT_TOPICS),
+                timeout=timeout,
+                on_progress=on_lag,
+            )
+        )
+        processing = time.perf_counter() - began
+        timings["processing"] = processing
+        stage("sending the final clock tick")
+        asyncio.run(send_final_tick(bootstrap, partitions, as_of))
+        asyncio.run(wait_for_zero_lag(bootstrap, settings.app_id, [topics.CLOCK], timeout=120))
+        stage("collecting state from the changelog")
+        customers, parts = asyncio.run(collect(bootstrap, settings.app_id))
+        return ReplayResult(
+            as_of=as_of,
+            customers=customers,
+            partitions=parts,
+            published=published,
+            processing_seconds=processing,
+            settings=settings,
+            timings=timings,
+        )
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,145 @@
+"""One typed settings object, read from the environment once.
+
+Every knob has a default that runs the demo on one machine; production sets
+``CHURNWATCH_BROKER`` (and usually the store and partition count). Durations
+accept ``90d``/``12h``/``30s``/``250ms`` and, where unbounded makes sense, ``none``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Literal, get_args, get_type_hints
+
+from retention.apply import Policy
+from retention.timeutil import SECOND, Micros, parse_duration
+
+PREFIX: Final = "CHURNWATCH_"
+Period = Literal["day", "week", "month", "quarter"]
+ClockMode = Literal["live", "off"]
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+def _duration(name: str, text: str, *, allow_none: bool) -> Micros | None:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise SettingsError(f"{PREFIX}{name.upper()}: {exc}") from None
+    if value is None and not allow_none:
+        raise SettingsError(f"{PREFIX}{name.upper()}: must be a finite duration")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """See the configuration table in README.md; each field is ``CHURNWATCH_<NAME>``."""
+
+    broker: str = "kafka://localhost:9092"
+    app_id: str = "churnwatch"
+    partitions: int = 4
+    replication: int = 1
+    store: str = "memory://"
+    datadir: str = "./churnwatch-data"
+    activity_window: str = "90d"
+    allowed_lateness: str = "6h"
+    period: Period = "month"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    redis_url: str = "redis://localhost:6379/0"
+    clock: ClockMode = "live"
+    clock_interval: float = 5.0
+    batch_max: int = 1000
+    batch_within: float = 0.05
+    max_event_bytes: int = 64 * 1024
+    dedup_ids: int = 32
+    session_timeout: float = 10.0
+    commit_interval: float = 1.0
+    standby_replicas: int = 1
+    log_level: str = "warning"
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _duration("activity_window", self.activity_window, allow_none=True)
+        _duration("allowed_lateness", self.allowed_lateness, allow_none=False)
+        if self.partitions < 1:
+            raise SettingsError(f"{PREFIX}PARTITIONS: must be at least 1")
+        if self.batch_max < 1:
+            raise SettingsError(f"{PREFIX}BATCH_MAX: must be at least 1")
+        if self.dedup_ids < 1:
+            raise SettingsError(f"{PREFIX}DEDUP_IDS: must be at least 1")
+        if not self.broker.startswith(("kafka://", "aiokafka://")):
+            raise SettingsError(
+                f"{PREFIX}BROKER: expected kafka://host:port[;host:port], got {self.broker!r}"
+            )
+
+    @property
+    def window(self) -> Micros | None:
+        """The activity window W of DESIGN section 6, None when unbounded."""
+        return _duration("activity_window", self.activity_window, allow_none=True)
+
+    @property
+    def lateness(self) -> Micros:
+        value = _duration("allowed_lateness", self.allowed_lateness, allow_none=False)
+        assert value is not None
+        return value
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(dedup_ids=self.dedup_ids, lateness=self.lateness)
+
+    @property
+    def bootstrap(self) -> str:
+        """host:port list for plain Kafka clients (aiokafka) from Faust's URL form."""
+        return ",".join(part.split("://", 1)[-1] for part in self.broker.split(";"))
+
+    @property
+    def clock_interval_micros(self) -> int:
+        return round(self.clock_interval * SECOND)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``CHURNWATCH_*`` variables, then apply CLI overrides."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            if item.name == "extra":
+                continue
+            raw = environ.get(PREFIX + item.name.upper())
+            if raw is not None:
+                values[item.name] = _convert(item.name, raw, hints[item.name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _convert(name: str, raw: str, hint: Any) -> Any:
+    env_name = PREFIX + name.upper()
+    try:
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{env_name}: expected a number, got {raw!r}") from None
+    choices = get_args(hint)
+    if choices and raw not in choices:
+        raise SettingsError(f"{env_name}: expected one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The ``CHURNWATCH_*`` variables that reproduce ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for item in fields(settings):
+        if item.name == "extra":
+            continue
+        env[PREFIX + item.name.upper()] = str(getattr(settings, item.name))
+    return env
