@@ -17,6 +17,7 @@ from rich.table import Table
 from retention.summary import customer_summary
 from retention.timeutil import from_micros, parse_time
 from streams.inputs import Format, read_events
+from streams.replay import Order
 from streams.settings import Settings, SettingsError
 
 app = typer.Typer(
@@ -137,6 +138,12 @@ def _format(fmt: str) -> Format:
     return "cdnow" if fmt == "cdnow" else "jsonl"
 
 
+def _order(order: str) -> Order:
+    if order not in ("time", "file"):
+        raise typer.BadParameter("expected time or file", param_hint="--order")
+    return "file" if order == "file" else "time"
+
+
 @app.command()
 def replay(
     file: Annotated[Path, typer.Argument(help="Events file", exists=True, dir_okay=False)],
@@ -145,6 +152,9 @@ def replay(
         Path | None, typer.Option("--customers", help="Write one JSON line per customer here")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl or cdnow")] = "jsonl",
+    order: Annotated[
+        str, typer.Option(help="Publish in event-time order ('time') or as in the file ('file')")
+    ] = "time",
     partitions: Annotated[int, typer.Option(help="Partitions per topic")] = 4,
     workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
     broker: Annotated[
@@ -171,6 +181,7 @@ def replay(
             file,
             cut,
             fmt=_format(fmt),
+            order=_order(order),
             partitions=partitions,
             workers=workers,
             broker_url=broker,

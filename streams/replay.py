@@ -3,7 +3,8 @@
 Events go through Kafka and the same worker processes as in production; results
 are read back from the ``customers`` table's changelog topic (the last record per
 key), not recomputed from the input. Steps: start a broker (unless one is given),
-create topics, start workers with the live clock off, publish the file, wait until
+create topics, start workers with the live clock off, publish the file (in event-time
+order unless asked to keep the file's order, as a history happened), wait until
 the workers have committed every input offset, send one final clock tick at
 ``as_of`` to every partition, wait for that too, then collect.
 """
@@ -14,9 +15,10 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -27,7 +29,7 @@ from retention.timeutil import Micros, from_micros
 from schemas.events import ClockTick
 from streams import topics
 from streams.broker import EmbeddedBroker
-from streams.inputs import Format, read_events
+from streams.inputs import Format, Record, read_events
 from streams.kafka_admin import create_topics, read_latest_by_key, wait_for_zero_lag
 from streams.partitions import is_customer_key
 from streams.produce import PublishStats, publish
@@ -35,6 +37,12 @@ from streams.settings import Settings
 from streams.workers import WorkerProcess, free_port
 
 Stage = Callable[[str], None]
+Order = Literal["time", "file"]
+
+
+def _event_time(record: Record) -> int:
+    # Records whose time cannot be read sort first; the worker dead-letters them.
+    return -1 if record.occurred_at is None else record.occurred_at
 
 
 @dataclass
@@ -128,6 +136,7 @@ def replay(
     as_of: Micros,
     *,
     fmt: Format = "jsonl",
+    order: Order = "time",
     partitions: int = 4,
     workers: int = 1,
     broker_url: str | None = None,
@@ -156,12 +165,16 @@ def replay(
         for proc in procs:
             proc.wait_ready()
         timings["workers_ready"] = time.perf_counter() - started
+        records: Iterable[Record] = read_events(path, fmt)
+        if order == "time":
+            stage("ordering events by event time")
+            records = sorted(records, key=_event_time)
         stage("publishing events")
         began = time.perf_counter()
         published = asyncio.run(
             publish(
                 bootstrap,
-                read_events(path, fmt),
+                records,
                 before=as_of,
                 progress=None if progress is None else (lambda n: progress("published", n)),
             )

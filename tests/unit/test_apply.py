@@ -45,7 +45,9 @@ def events(draw: st.DrawFn) -> Event:
         return Cancellation(**common, reason_code="price", monthly_fee=19.99)
     feedback = draw(st.sampled_from(["nps", "csat", "support"]))
     if feedback == "support":
-        return Feedback(**common, kind="support", outcome=draw(st.sampled_from(["resolved", "bad"])))
+        return Feedback(
+            **common, kind="support", outcome=draw(st.sampled_from(["resolved", "bad"]))
+        )
     low, high = (0, 10) if feedback == "nps" else (1, 5)
     return Feedback(**common, kind=feedback, score=draw(st.integers(low, high)))
 

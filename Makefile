@@ -1,0 +1,55 @@
+# churnwatch — `make help` lists the targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test lint typecheck unit agent integration schemas bench replay-cdnow clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,rocksdb]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install churnwatch with its dev tools (.venv/bin/churnwatch)
+
+demo: $(STAMP) ## Run the demo: embedded broker, a worker, live events (DEMO_ARGS="--duration 60")
+	$(BIN)/churnwatch demo $(DEMO_ARGS)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP) ## mypy on the package
+	$(BIN)/mypy
+
+test: lint typecheck ## Lint, type-check and run every test tier (unit, agent, integration)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP) ## Pure unit tests only
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+agent: $(STAMP) ## Agent tests (Faust test context, no broker)
+	$(BIN)/pytest tests/agent $(PYTEST_ARGS)
+
+integration: $(STAMP) ## Integration tests against the embedded broker
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+schemas: $(STAMP) ## Regenerate schemas/json/ from the structs
+	$(BIN)/python -m schemas.jsonschema
+
+bench: $(STAMP) ## Run the benchmarks (prints measured figures)
+	$(BIN)/python -m bench.validation
+
+replay-cdnow: $(STAMP) ## Replay the CDNOW purchase log through the pipeline (writes out/cdnow-customers.jsonl)
+	$(BIN)/churnwatch replay "$$($(BIN)/python -c 'import lifetimes,os;print(os.path.join(os.path.dirname(lifetimes.__file__),"datasets","CDNOW_master.txt"))')" \
+	  --format cdnow --as-of 1998-07-01T00:00:00Z --customers out/cdnow-customers.jsonl
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
