@@ -109,7 +109,7 @@ class CustomerBatch:
             if topic == topics.CLOCK:
                 tick = self.decoder.decode_tick(message.value)
                 if isinstance(tick, ClockTick):
-                    pstate.advance(to_micros(tick.time))
+                    pstate.tick(to_micros(tick.time))
                     if not redelivered:
                         pstate.ticks += 1
                         counts["consumed", "tick"] += 1
@@ -141,7 +141,7 @@ class CustomerBatch:
                     state = decode_state(raw)
             applied = apply(state, decoded, pstate.watermark or at, self.policy)
             touched[key] = applied.state
-            pstate.advance(at)
+            pstate.observe(topic, at)
             if message.timestamp:
                 latencies.append(wall - message.timestamp)
             if redelivered:

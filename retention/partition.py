@@ -16,8 +16,21 @@ from retention.timeutil import Micros
 
 
 class PartitionState(msgspec.Struct, kw_only=True):
+    """The record of one input partition.
+
+    The watermark is the event time up to which this partition's input is taken to
+    be complete: the greater of the latest clock tick and the *least* of the input
+    topics' highest event times. Taking the least over topics matters because a
+    consumer reads its topics at different paces (one fetch may carry days of
+    purchases while the feedback topic is still behind); a maximum would call the
+    slower topic's on-time events late. Topics that have not delivered anything on
+    this partition yet do not hold it back, and ticks move it when input is sparse.
+    """
+
     partition: int
     watermark: Micros | None = None
+    clock: Micros | None = None
+    frontiers: dict[str, Micros] = msgspec.field(default_factory=dict)
     customers: int = 0
     consumed: int = 0
     valid: int = 0
@@ -27,7 +40,18 @@ class PartitionState(msgspec.Struct, kw_only=True):
     ticks: int = 0
     offsets: dict[str, int] = msgspec.field(default_factory=dict)
 
-    def advance(self, moment: Micros) -> None:
+    def observe(self, topic: str, moment: Micros) -> None:
+        """An event of ``topic`` at ``moment`` was applied."""
+        if moment > self.frontiers.get(topic, moment - 1):
+            self.frontiers[topic] = moment
+            self._advance(min(self.frontiers.values()))
+
+    def tick(self, moment: Micros) -> None:
+        if self.clock is None or moment > self.clock:
+            self.clock = moment
+            self._advance(moment)
+
+    def _advance(self, moment: Micros) -> None:
         if self.watermark is None or moment > self.watermark:
             self.watermark = moment
 

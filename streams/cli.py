@@ -222,7 +222,7 @@ def demo(
     ] = None,
     customers: Annotated[int, typer.Option(help="Customers in the generated history")] = 2000,
     days: Annotated[int, typer.Option(help="Days of history to stream")] = 120,
-    rate: Annotated[float, typer.Option(help="Events per second to stream")] = 1000.0,
+    rate: Annotated[float, typer.Option(help="Events per second to stream")] = 800.0,
     seed: Annotated[int, typer.Option(help="Random seed")] = 7,
     web_port: Annotated[int, typer.Option(help="Worker HTTP port")] = 6066,
 ) -> None:

@@ -28,7 +28,7 @@ from streams import topics
 from streams.broker import EmbeddedBroker
 from streams.generator import generate
 from streams.inputs import route
-from streams.kafka_admin import create_topics
+from streams.kafka_admin import create_topics, wait_for_zero_lag
 from streams.produce import publish
 from streams.settings import Settings
 from streams.workers import WorkerProcess
@@ -37,13 +37,13 @@ SUMMARY_EVERY = 5.0
 
 
 def scrape(worker: WorkerProcess) -> dict[str, float]:
-    """Totals of the worker's counters by family name (labels summed)."""
+    """Totals of the worker's input counters by name (labels summed, clock ticks left out)."""
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(worker.get_text("/metrics")):
         for sample in family.samples:
-            if sample.name.endswith(("_total", "_customers")) or sample.name in {
-                "churnwatch_customers"
-            }:
+            if sample.labels.get("type") == "tick":
+                continue
+            if sample.name.endswith("_total") or sample.name == "churnwatch_customers":
                 totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
     return totals
 
@@ -77,12 +77,13 @@ async def _summaries(worker: WorkerProcess, console: Console, stop: asyncio.Even
         rate = (consumed - previous) / (now - previous_at)
         previous, previous_at = consumed, now
         console.print(
-            f"events {consumed:>9,.0f} ({rate:>6,.0f}/s) | "
-            f"valid {totals.get('churnwatch_events_valid_total', 0):>9,.0f} | "
-            f"dead-lettered {totals.get('churnwatch_events_rejected_total', 0):>5,.0f} | "
-            f"duplicates {totals.get('churnwatch_events_duplicate_total', 0):>5,.0f} | "
-            f"late {totals.get('churnwatch_events_late_total', 0):>5,.0f} | "
-            f"customers {totals.get('churnwatch_customers', 0):>7,.0f}"
+            f"events {consumed:,.0f} ({rate:,.0f}/s)"
+            f"  valid {totals.get('churnwatch_events_valid_total', 0):,.0f}"
+            f"  dead-lettered {totals.get('churnwatch_events_rejected_total', 0):,.0f}"
+            f"  duplicates {totals.get('churnwatch_events_duplicate_total', 0):,.0f}"
+            f"  late {totals.get('churnwatch_events_late_total', 0):,.0f}"
+            f"  customers {totals.get('churnwatch_customers', 0):,.0f}",
+            soft_wrap=True,
         )
 
 
@@ -110,10 +111,20 @@ async def _run(
     await asyncio.wait({streaming, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if streaming.done():
         stats = streaming.result()
-        console.print(
-            f"[green]history streamed[/]: {stats.published:,} records; "
-            "now ticking the clock in wall time"
+        console.print(f"[green]history streamed[/]: {stats.published:,} records")
+        # Wall-clock ticks before the worker has caught up would make the rest late.
+        catch_up = asyncio.create_task(
+            wait_for_zero_lag(
+                settings.bootstrap, settings.app_id, list(topics.INPUT_TOPICS), timeout=3600
+            )
         )
+        await asyncio.wait({catch_up, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not catch_up.done():
+            catch_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await catch_up
+        else:
+            console.print("worker caught up; the clock now ticks in wall time")
         clock = asyncio.create_task(
             _ticks(settings.bootstrap, settings.partitions, settings.clock_interval, stop)
         )

@@ -182,3 +182,22 @@ def test_negative_experiences_are_bounded() -> None:
     assert len(state.negatives) == DEFAULT_POLICY.negatives
     assert state.negatives[-1].at == to_micros(at(19))
     assert state.nps is not None and state.nps.value == 2 and state.nps_responses == 20
+
+
+def test_watermark_is_the_slowest_topic_or_the_clock() -> None:
+    from retention.partition import PartitionState
+
+    part = PartitionState(partition=0)
+    part.observe("purchases", 100)
+    assert part.watermark == 100
+    part.observe("purchases", 500)
+    part.observe("feedback", 200)  # feedback is behind: it holds the watermark
+    assert part.watermark == 500  # but the watermark never goes back
+    part.observe("purchases", 900)
+    assert part.watermark == 500
+    part.observe("feedback", 800)
+    assert part.watermark == 800
+    part.tick(2000)
+    assert part.watermark == 2000 and part.clock == 2000
+    part.observe("signups", 50)
+    assert part.watermark == 2000
