@@ -9,7 +9,7 @@ worker restart (processing is at-least-once).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from msgspec import Struct
 
@@ -25,18 +25,7 @@ RejectReason = Literal[
     "key_mismatch",
     "future_time",
 ]
-REJECT_REASONS: Final[tuple[RejectReason, ...]] = (
-    "too_large",
-    "not_utf8",
-    "malformed_json",
-    "too_deep",
-    "not_an_object",
-    "missing_field",
-    "invalid_field",
-    "wrong_type",
-    "key_mismatch",
-    "future_time",
-)
+REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
 
 DEADLETTER_SCHEMA_VERSION: Final = 1
 

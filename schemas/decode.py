@@ -10,7 +10,7 @@ labelled by reason stay bounded.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -19,6 +19,7 @@ from schemas.events import EVENT_STRUCTS, ClockTick, Event, EventType
 
 DEFAULT_MAX_EVENT_BYTES: Final = 64 * 1024
 _DETAIL_MAX: Final = 300
+T = TypeVar("T")
 
 
 class Rejected(msgspec.Struct, frozen=True):
@@ -65,18 +66,9 @@ class EventDecoder:
 
     def decode(self, event_type: EventType, key: bytes | None, value: bytes | None) -> Decoded:
         """Validate ``value`` as an event of ``event_type`` keyed by ``key``."""
-        rejected = self._precheck(value)
-        if rejected is not None:
-            return rejected
-        assert value is not None
-        try:
-            event = self._decoders[event_type].decode(value)
-        except msgspec.ValidationError as exc:
-            return Rejected(_classify(exc), _short(exc))
-        except msgspec.DecodeError as exc:
-            return Rejected("malformed_json", _short(exc))
-        except RecursionError:
-            return Rejected("too_deep", "JSON nested too deeply")
+        event = self._decode(self._decoders[event_type], value)
+        if isinstance(event, Rejected):
+            return event
         if key is None:
             return Rejected("key_mismatch", "message has no key; expected the customer_id")
         if key != event.customer_id.encode():
@@ -84,12 +76,15 @@ class EventDecoder:
         return event
 
     def decode_tick(self, value: bytes | None) -> ClockTick | Rejected:
+        return self._decode(self._tick, value)
+
+    def _decode(self, decoder: msgspec.json.Decoder[T], value: bytes | None) -> T | Rejected:
         rejected = self._precheck(value)
         if rejected is not None:
             return rejected
         assert value is not None
         try:
-            return self._tick.decode(value)
+            return decoder.decode(value)
         except msgspec.ValidationError as exc:
             return Rejected(_classify(exc), _short(exc))
         except msgspec.DecodeError as exc:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import logging
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -22,6 +19,8 @@ from types import TracebackType
 from typing import IO
 
 from aiokafka import AIOKafkaClient
+
+from streams.processes import stop_process_group
 
 
 class BrokerError(RuntimeError):
@@ -114,15 +113,7 @@ class EmbeddedBroker:
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
+        stop_process_group(process, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

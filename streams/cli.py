@@ -227,17 +227,10 @@ def demo(
     web_port: Annotated[int, typer.Option(help="Worker HTTP port")] = 6066,
 ) -> None:
     """Run everything locally: embedded broker, a worker, and a live event stream."""
-    from streams.demo import run_demo
+    from streams.demo import DemoPlan, run_demo
 
-    run_demo(
-        _settings(web_port=web_port),
-        duration=duration,
-        customers=customers,
-        days=days,
-        rate=rate,
-        seed=seed,
-        console=console,
-    )
+    plan = DemoPlan(duration=duration, customers=customers, days=days, rate=rate, seed=seed)
+    run_demo(_settings(web_port=web_port), plan, console)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import contextlib
 import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -87,26 +88,34 @@ async def _summaries(worker: WorkerProcess, console: Console, stop: asyncio.Even
         )
 
 
-async def _run(
-    settings: Settings,
-    worker: WorkerProcess,
-    duration: float | None,
-    customers: int,
-    days: int,
-    rate: float,
-    seed: int,
-    console: Console,
-) -> None:
+async def _cancel(task: asyncio.Task[object]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What the demo streams, and for how long (None: until interrupted)."""
+
+    duration: float | None = None
+    customers: int = 2000
+    days: int = 120
+    rate: float = 800.0
+    seed: int = 7
+
+
+async def _run(settings: Settings, worker: WorkerProcess, plan: DemoPlan, console: Console) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if duration is not None:
-        loop.call_later(duration, stop.set)
+    if plan.duration is not None:
+        loop.call_later(plan.duration, stop.set)
     end = datetime.now(UTC).replace(microsecond=0)
-    records = (route(line) for line in generate(customers, days, seed, end))
+    records = (route(line) for line in generate(plan.customers, plan.days, plan.seed, end))
     summaries = asyncio.create_task(_summaries(worker, console, stop))
-    streaming = asyncio.create_task(publish(settings.bootstrap, records, rate=rate))
+    streaming = asyncio.create_task(publish(settings.bootstrap, records, rate=plan.rate))
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({streaming, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if streaming.done():
@@ -120,9 +129,7 @@ async def _run(
         )
         await asyncio.wait({catch_up, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if not catch_up.done():
-            catch_up.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await catch_up
+            await _cancel(catch_up)
         else:
             console.print("worker caught up; the clock now ticks in wall time")
         clock = asyncio.create_task(
@@ -131,24 +138,13 @@ async def _run(
         await stop.wait()
         await clock
     else:
-        streaming.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await streaming
+        await _cancel(streaming)
     await summaries
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
 
 
-def run_demo(
-    settings: Settings,
-    *,
-    duration: float | None,
-    customers: int,
-    days: int,
-    rate: float,
-    seed: int,
-    console: Console,
-) -> None:
+def run_demo(settings: Settings, plan: DemoPlan, console: Console) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="churnwatch-demo-"))
     console.print(f"[bold]churnwatch demo[/] (logs and data in {workdir})")
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
@@ -170,11 +166,11 @@ def run_demo(
             console.print(f"metrics  {worker.base_url}/metrics")
             console.print(f"health   {worker.base_url}/health")
             console.print(
-                f"streaming {customers:,} customers x {days} days of history "
-                f"at {rate:,.0f} events/s"
-                + (f" for {duration:.0f}s" if duration else " (Ctrl-C to stop)")
+                f"streaming {plan.customers:,} customers x {plan.days} days of history "
+                f"at {plan.rate:,.0f} events/s"
+                + (f" for {plan.duration:.0f}s" if plan.duration else " (Ctrl-C to stop)")
             )
-            asyncio.run(_run(settings, worker, duration, customers, days, rate, seed, console))
+            asyncio.run(_run(settings, worker, plan, console))
         finally:
             worker.stop()
     console.print("demo stopped")

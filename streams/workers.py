@@ -7,10 +7,8 @@ measure is what users run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+from streams.processes import stop_process_group
 from streams.settings import Settings, to_env
 
 
@@ -96,16 +95,7 @@ class WorkerProcess:
         raise TimeoutError(f"worker not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 20.0, kill: bool = False) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
+        stop_process_group(self.process, timeout, kill=kill)
         if self._log is not None:
             self._log.close()
             self._log = None
