@@ -49,6 +49,7 @@ _JSON = msgspec.json.Encoder()
 #: event would move the partition's watermark into the future and make every
 #: later event look late.
 MAX_FUTURE = DAY
+INPUTS = len(topics.INPUT_TOPICS)
 
 
 @contextmanager
@@ -141,7 +142,7 @@ class CustomerBatch:
                     state = decode_state(raw)
             applied = apply(state, decoded, pstate.watermark or at, self.policy)
             touched[key] = applied.state
-            pstate.observe(topic, at)
+            pstate.observe(topic, at, INPUTS)
             if message.timestamp:
                 latencies.append(wall - message.timestamp)
             if redelivered:

@@ -22,9 +22,12 @@ class PartitionState(msgspec.Struct, kw_only=True):
     be complete: the greater of the latest clock tick and the *least* of the input
     topics' highest event times. Taking the least over topics matters because a
     consumer reads its topics at different paces (one fetch may carry days of
-    purchases while the feedback topic is still behind); a maximum would call the
-    slower topic's on-time events late. Topics that have not delivered anything on
-    this partition yet do not hold it back, and ticks move it when input is sparse.
+    purchases while the feedback topic is still behind): a maximum would call the
+    slower topic's on-time events late, and make "late" depend on fetch timing. A
+    topic that has delivered nothing yet holds the event-driven watermark back
+    entirely (its first event may be old); clock ticks move the watermark when an
+    input is idle or unused, which is what a live worker's clock does every few
+    seconds and what a replay's final tick does at the end.
     """
 
     partition: int
@@ -40,11 +43,12 @@ class PartitionState(msgspec.Struct, kw_only=True):
     ticks: int = 0
     offsets: dict[str, int] = msgspec.field(default_factory=dict)
 
-    def observe(self, topic: str, moment: Micros) -> None:
-        """An event of ``topic`` at ``moment`` was applied."""
+    def observe(self, topic: str, moment: Micros, inputs: int) -> None:
+        """An event of ``topic`` (one of ``inputs`` input topics) at ``moment`` was applied."""
         if moment > self.frontiers.get(topic, moment - 1):
             self.frontiers[topic] = moment
-            self._advance(min(self.frontiers.values()))
+            if len(self.frontiers) >= inputs:
+                self._advance(min(self.frontiers.values()))
 
     def tick(self, moment: Micros) -> None:
         if self.clock is None or moment > self.clock:

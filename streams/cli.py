@@ -16,6 +16,7 @@ from rich.table import Table
 
 from retention.summary import customer_summary
 from retention.timeutil import from_micros, parse_time
+from streams import topics
 from streams.inputs import Format, read_events
 from streams.replay import Order
 from streams.settings import Settings, SettingsError
@@ -26,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 BrokerOpt = Annotated[
     str | None,
@@ -111,10 +112,18 @@ def produce(
     rate: Annotated[float | None, typer.Option(help="Events per second (default: max)")] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl or cdnow")] = "jsonl",
 ) -> None:
-    """Publish a file of events to their topics, keyed by customer_id."""
+    """Publish a file of events to their topics, keyed by customer_id.
+
+    Missing topics are created with CHURNWATCH_PARTITIONS partitions (a broker's
+    auto-created defaults could break the one-partition-count rule).
+    """
+    from streams.kafka_admin import create_topics
     from streams.produce import publish
 
     settings = _settings(broker=broker)
+    asyncio.run(
+        create_topics(settings.bootstrap, dict.fromkeys(topics.ALL_TOPICS, settings.partitions))
+    )
     with _progress() as bar:
         task = bar.add_task("publishing", total=None)
         stats = asyncio.run(

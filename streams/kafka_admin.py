@@ -74,11 +74,33 @@ async def create_topics(
 
 
 async def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    """The offset after the last record of each partition (the high watermark).
+
+    Tansu answers a "latest offset" request with the base offset of the last record
+    batch plus one, not with the end of that batch, so the requested figure alone
+    can be short by up to a batch. A fetch response carries the true high watermark
+    on Tansu and Kafka alike, so one small fetch near the end settles it.
+    """
     partitions = await _partitions(bootstrap, topics)
+    if not partitions:
+        return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        return dict(await consumer.end_offsets(partitions)) if partitions else {}
+        consumer.assign(partitions)
+        result = dict(await consumer.end_offsets(partitions))
+        pending = [tp for tp in partitions if result[tp] > 0]
+        for tp in pending:
+            consumer.seek(tp, result[tp] - 1)
+        deadline = time.monotonic() + 10.0
+        while pending and time.monotonic() < deadline:
+            await consumer.getmany(*pending, timeout_ms=200, max_records=1)
+            for tp in list(pending):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    result[tp] = max(result[tp], highwater)
+                    pending.remove(tp)
+        return result
     finally:
         await consumer.stop()
 
@@ -137,29 +159,26 @@ async def wait_for_zero_lag(
 
 async def read_all(bootstrap: str, topic: str) -> list[Any]:
     """Every record of every partition, up to the end offsets taken at call start."""
-    partitions = await _partitions(bootstrap, [topic])
+    ends = await end_offsets(bootstrap, [topic])
+    remaining = {tp: end for tp, end in ends.items() if end > 0}
+    records: list[Any] = []
+    if not remaining:
+        return records
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+        bootstrap_servers=bootstrap, enable_auto_commit=False,
         max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024,
     )  # fmt: skip
     await consumer.start()
-    records: list[Any] = []
     try:
-        if not partitions:
-            return records
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        remaining = {tp for tp in partitions if ends[tp] > 0}
+        consumer.assign(list(remaining))
+        await consumer.seek_to_beginning(*remaining)
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
             for tp, items in batch.items():
-                records.extend(items)
-                if items and items[-1].offset >= ends[tp] - 1:
-                    remaining.discard(tp)
+                records.extend(item for item in items if item.offset < remaining[tp])
             for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
+                if await consumer.position(tp) >= remaining[tp]:
+                    del remaining[tp]
         return records
     finally:
         await consumer.stop()

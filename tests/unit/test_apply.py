@@ -188,16 +188,18 @@ def test_watermark_is_the_slowest_topic_or_the_clock() -> None:
     from retention.partition import PartitionState
 
     part = PartitionState(partition=0)
-    part.observe("purchases", 100)
-    assert part.watermark == 100
-    part.observe("purchases", 500)
-    part.observe("feedback", 200)  # feedback is behind: it holds the watermark
-    assert part.watermark == 500  # but the watermark never goes back
-    part.observe("purchases", 900)
-    assert part.watermark == 500
-    part.observe("feedback", 800)
+    part.observe("purchases", 100, inputs=2)
+    assert part.watermark is None  # the other topic has not delivered yet
+    part.observe("purchases", 500, inputs=2)
+    part.observe("feedback", 200, inputs=2)
+    assert part.watermark == 200  # the slower topic decides
+    part.observe("purchases", 900, inputs=2)
+    assert part.watermark == 200
+    part.observe("feedback", 800, inputs=2)
+    assert part.watermark == 800
+    part.observe("feedback", 300, inputs=2)  # an old event never moves it back
     assert part.watermark == 800
     part.tick(2000)
     assert part.watermark == 2000 and part.clock == 2000
-    part.observe("signups", 50)
+    part.observe("feedback", 2500, inputs=2)
     assert part.watermark == 2000
