@@ -82,11 +82,15 @@ def create_app(settings: Settings) -> ChurnwatchApp:
     app.deadletter_topic = app.topic(topics.DEADLETTER, partitions=settings.partitions, **raw)
     app.customers = app.Table(
         topics.CUSTOMERS_TABLE,
+        key_type=bytes,
+        value_type=bytes,
         partitions=settings.partitions,
         help="Per-customer state (and one record per partition), msgpack-encoded",
-        schema=faust.Schema(**raw),
         extra_topic_configs={"cleanup.policy": "compact"},
     )
+    # Faust derives a table's serializers from its types ("json" for plain types) and
+    # uses them to read the changelog back on recovery; the state is already bytes.
+    app.customers.key_serializer = app.customers.value_serializer = "raw"
     app.metrics = PipelineMetrics(lambda: partition_states(app, app.customers))
     components = sorted(entry_points(group=COMPONENT_GROUP), key=lambda ep: ep.name)
     if not components:
