@@ -20,8 +20,8 @@ from retention.state import (
     Negative,
     PurchaseDay,
     Seen,
-    _max,
-    _min,
+    earliest,
+    latest,
 )
 from retention.timeutil import DAY, Micros, to_micros
 from schemas.events import Cancellation, Event, Feedback, Purchase, Signup
@@ -119,8 +119,8 @@ def _purchase(state: CustomerState, event: Purchase, at: Micros) -> None:
     state.spend += spend
     if event.cost_to_serve is not None:
         state.cost_to_serve += money(event.cost_to_serve)
-    state.first_purchase_at = _min(state.first_purchase_at, at)
-    state.last_purchase_at = _max(state.last_purchase_at, at)
+    state.first_purchase_at = earliest(state.first_purchase_at, at)
+    state.last_purchase_at = latest(state.last_purchase_at, at)
     day = at // DAY
     days = state.days
     index = bisect.bisect_left(days, day, key=lambda d: d.day)
@@ -132,8 +132,8 @@ def _purchase(state: CustomerState, event: Purchase, at: Micros) -> None:
 
 
 def _signup(state: CustomerState, event: Signup, at: Micros, tie: int) -> None:
-    state.first_signup_at = _min(state.first_signup_at, at)
-    state.last_signup_at = _max(state.last_signup_at, at)
+    state.first_signup_at = earliest(state.first_signup_at, at)
+    state.last_signup_at = latest(state.last_signup_at, at)
     if _newer(state.profile, at, tie):
         state.profile = Latest(at, tie, None)
         state.segment, state.plan, state.channel = event.segment, event.plan, event.channel
@@ -143,7 +143,7 @@ def _signup(state: CustomerState, event: Signup, at: Micros, tie: int) -> None:
 
 def _cancellation(state: CustomerState, event: Cancellation, at: Micros, tie: int) -> None:
     state.cancellations += 1
-    state.last_cancel_at = _max(state.last_cancel_at, at)
+    state.last_cancel_at = latest(state.last_cancel_at, at)
     if _newer(state.cancel, at, tie):
         state.cancel = Latest(at, tie, event.reason_code)
         state.cancelled_fee = None if event.monthly_fee is None else money(event.monthly_fee)

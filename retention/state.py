@@ -13,7 +13,7 @@ from typing import Final
 
 import msgspec
 
-from retention.timeutil import DAY, Micros
+from retention.timeutil import Micros
 
 MONEY_UNIT: Final = 1_000_000  # micro-units per currency unit
 
@@ -85,11 +85,11 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
     @property
     def acquired_at(self) -> Micros | None:
         """The earliest activity (signup or purchase): when the customer was acquired."""
-        return _min(self.first_signup_at, self.first_purchase_at)
+        return earliest(self.first_signup_at, self.first_purchase_at)
 
     @property
     def last_activity_at(self) -> Micros | None:
-        return _max(self.last_signup_at, self.last_purchase_at)
+        return latest(self.last_signup_at, self.last_purchase_at)
 
     @property
     def monthly_fee(self) -> int:
@@ -134,13 +134,15 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
         return float(gaps[mid]) if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
 
 
-def _min(a: int | None, b: int | None) -> int | None:
+def earliest(a: int | None, b: int | None) -> int | None:
+    """The earlier of two optional times."""
     if a is None:
         return b
     return a if b is None or a <= b else b
 
 
-def _max(a: int | None, b: int | None) -> int | None:
+def latest(a: int | None, b: int | None) -> int | None:
+    """The later of two optional times."""
     if a is None:
         return b
     return a if b is None or a >= b else b
@@ -156,7 +158,3 @@ def encode_state(state: CustomerState) -> bytes:
 
 def decode_state(data: bytes) -> CustomerState:
     return _DECODER.decode(data)
-
-
-def day_start(day: int) -> Micros:
-    return day * DAY

@@ -32,7 +32,7 @@ from streams.inputs import route
 from streams.kafka_admin import create_topics, wait_for_zero_lag
 from streams.produce import publish
 from streams.settings import Settings
-from streams.workers import WorkerProcess
+from streams.workers import WorkerProcess, local_settings
 
 SUMMARY_EVERY = 5.0
 
@@ -148,12 +148,8 @@ def run_demo(settings: Settings, plan: DemoPlan, console: Console) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="churnwatch-demo-"))
     console.print(f"[bold]churnwatch demo[/] (logs and data in {workdir})")
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
-        settings = settings.replace(
-            broker=broker.url,
-            app_id="churnwatch-demo",
-            clock="off",
-            session_timeout=min(settings.session_timeout, 3.0),
-            datadir=str(workdir / "data"),
+        settings = local_settings(settings, broker.url, settings.partitions, workdir).replace(
+            web_port=settings.web_port
         )
         console.print(f"broker   {broker.bootstrap} (embedded Tansu)")
         asyncio.run(

@@ -34,7 +34,7 @@ from streams.kafka_admin import create_topics, read_latest_by_key, wait_for_zero
 from streams.partitions import is_customer_key
 from streams.produce import PublishStats, publish
 from streams.settings import Settings
-from streams.workers import WorkerProcess, free_port
+from streams.workers import WorkerProcess, free_port, local_settings
 
 Stage = Callable[[str], None]
 Order = Literal["time", "file"]
@@ -68,20 +68,6 @@ class ReplayResult:
         """Input events per second, from first publish to all input committed."""
         consumed = self.events["consumed"]
         return consumed / self.processing_seconds if self.processing_seconds > 0 else 0.0
-
-
-def replay_settings(base: Settings, broker_url: str, partitions: int, workdir: Path) -> Settings:
-    """Settings for replay workers: a fresh group, no live clock, fast commits."""
-    return base.replace(
-        broker=broker_url,
-        app_id=f"{base.app_id}-replay-{int(time.time() * 1000)}",
-        partitions=partitions,
-        clock="off",
-        commit_interval=min(base.commit_interval, 0.5),
-        session_timeout=min(base.session_timeout, 3.0),
-        datadir=str(workdir / "data"),
-        web_host="127.0.0.1",
-    )
 
 
 @contextlib.contextmanager
@@ -154,7 +140,7 @@ def replay(
             stage("starting the embedded broker")
             broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
             broker_url = broker.url
-        settings = replay_settings(base, broker_url, partitions, workdir)
+        settings = local_settings(base, broker_url, partitions, workdir)
         bootstrap = settings.bootstrap
         timings: dict[str, float] = {}
         stage(f"creating topics ({partitions} partitions)")

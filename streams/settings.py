@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Final, Literal, get_args, get_type_hints
 
 from retention.apply import Policy
@@ -61,7 +61,6 @@ class Settings:
     commit_interval: float = 1.0
     standby_replicas: int = 1
     log_level: str = "warning"
-    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _duration("activity_window", self.activity_window, allow_none=True)
@@ -111,8 +110,6 @@ class Settings:
         hints = get_type_hints(cls)
         values: dict[str, Any] = {}
         for item in fields(cls):
-            if item.name == "extra":
-                continue
             raw = environ.get(PREFIX + item.name.upper())
             if raw is not None:
                 values[item.name] = _convert(item.name, raw, hints[item.name])
@@ -139,7 +136,5 @@ def to_env(settings: Settings) -> dict[str, str]:
     """The ``CHURNWATCH_*`` variables that reproduce ``settings`` in a child process."""
     env: dict[str, str] = {}
     for item in fields(settings):
-        if item.name == "extra":
-            continue
         env[PREFIX + item.name.upper()] = str(getattr(settings, item.name))
     return env

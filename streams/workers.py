@@ -28,6 +28,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def local_settings(base: Settings, broker_url: str, partitions: int, workdir: Path) -> Settings:
+    """Settings for workers the demo, replays and tests start on a dedicated broker:
+    a fresh consumer group and table, no live clock (the caller drives time), fast
+    commits and a short session timeout so that start-up takes seconds."""
+    return base.replace(
+        broker=broker_url,
+        app_id=f"{base.app_id}-{int(time.time() * 1000)}",
+        partitions=partitions,
+        clock="off",
+        commit_interval=min(base.commit_interval, 0.5),
+        session_timeout=min(base.session_timeout, 3.0),
+        datadir=str(workdir / "data"),
+        web_host="127.0.0.1",
+        web_port=free_port(),
+    )
+
+
 class WorkerProcess:
     """One ``churnwatch worker`` subprocess with its own web port and data dir."""
 
@@ -44,6 +61,7 @@ class WorkerProcess:
     def start(self) -> None:
         env = {**os.environ, **to_env(self.settings)}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        Path(self.settings.datadir).mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker"],

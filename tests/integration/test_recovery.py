@@ -18,7 +18,7 @@ from streams.kafka_admin import create_topics, wait_for_zero_lag
 from streams.produce import publish
 from streams.replay import collect, send_final_tick
 from streams.settings import Settings
-from streams.workers import WorkerProcess, free_port
+from streams.workers import WorkerProcess, free_port, local_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,29 +38,20 @@ def test_restarted_worker_recovers_state_and_counters(tmp_path: Path) -> None:
     write_history(history, 1500, 150, 21, from_micros(end))
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 4)))
-        settings = Settings(
-            broker=broker.url,
-            app_id="recovery",
-            clock="off",
-            session_timeout=3.0,
-            commit_interval=0.5,
-            web_port=free_port(),
-            datadir=str(tmp_path / "first"),
-        )
+        settings = local_settings(Settings(), broker.url, 4, tmp_path / "first")
+        group = settings.app_id
         first = WorkerProcess(settings, tmp_path / "first.log")
         first.start()
         try:
             first.wait_ready()
             asyncio.run(publish(broker.bootstrap, read_events(history, "jsonl")))
             asyncio.run(
-                wait_for_zero_lag(
-                    broker.bootstrap, "recovery", list(topics.INPUT_TOPICS), timeout=300
-                )
+                wait_for_zero_lag(broker.bootstrap, group, list(topics.INPUT_TOPICS), timeout=300)
             )
             customers_before = gauge_sum(first, "churnwatch_customers")
         finally:
             first.stop()
-        before_customers, before_partitions = asyncio.run(collect(broker.bootstrap, "recovery"))
+        before_customers, before_partitions = asyncio.run(collect(broker.bootstrap, group))
         assert customers_before == len(before_customers) == 1500
 
         second = WorkerProcess(
@@ -79,10 +70,10 @@ def test_restarted_worker_recovers_state_and_counters(tmp_path: Path) -> None:
             # A tick makes the new owner rewrite every partition record from what it
             # recovered: the counters must come back exactly, not from zero.
             asyncio.run(send_final_tick(broker.bootstrap, 4, end))
-            asyncio.run(wait_for_zero_lag(broker.bootstrap, "recovery", [topics.CLOCK], timeout=60))
+            asyncio.run(wait_for_zero_lag(broker.bootstrap, group, [topics.CLOCK], timeout=60))
         finally:
             second.stop()
-        after_customers, after_partitions = asyncio.run(collect(broker.bootstrap, "recovery"))
+        after_customers, after_partitions = asyncio.run(collect(broker.bootstrap, group))
     assert after_customers == before_customers
     for before, after in zip(before_partitions, after_partitions, strict=True):
         assert (after.consumed, after.valid, after.deadletter, after.duplicates) == (

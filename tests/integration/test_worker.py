@@ -13,7 +13,7 @@ from streams import topics
 from streams.broker import EmbeddedBroker
 from streams.kafka_admin import create_topics
 from streams.settings import Settings
-from streams.workers import WorkerProcess, free_port
+from streams.workers import WorkerProcess, local_settings
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +29,8 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_live_worker_ticks_its_partitions_and_serves_metrics(tmp_path: Path) -> None:
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 2)))
-        settings = Settings(
-            broker=broker.url,
-            partitions=2,
-            clock="live",
-            clock_interval=0.5,
-            session_timeout=3.0,
-            web_port=free_port(),
-            datadir=str(tmp_path / "data"),
+        settings = local_settings(Settings(), broker.url, 2, tmp_path).replace(
+            clock="live", clock_interval=0.5
         )
         worker = WorkerProcess(settings, tmp_path / "worker.log")
         worker.start()
