@@ -17,6 +17,7 @@ from retention.state import (
     MONEY_UNIT,
     CustomerState,
     Latest,
+    Mark,
     Negative,
     PurchaseDay,
     Seen,
@@ -44,6 +45,7 @@ class Policy:
 
     dedup_ids: int = 32
     negatives: int = 8
+    marks: int = 8  # signups and cancellations remembered for period figures
     lateness: Micros = 6 * 3600 * 1_000_000
 
 
@@ -92,9 +94,9 @@ def apply(
     if isinstance(event, Purchase):
         _purchase(state, event, at)
     elif isinstance(event, Signup):
-        _signup(state, event, at, tie)
+        _signup(state, event, at, tie, policy)
     elif isinstance(event, Cancellation):
-        _cancellation(state, event, at, tie)
+        _cancellation(state, event, at, tie, policy)
     elif isinstance(event, Feedback):
         _feedback(state, event, at, tie, policy)
     else:  # pragma: no cover - the decoder only produces the four kinds
@@ -127,13 +129,22 @@ def _purchase(state: CustomerState, event: Purchase, at: Micros) -> None:
     if index < len(days) and days[index].day == day:
         days[index].count += 1
         days[index].spend += spend
+        days[index].last = max(days[index].last, at)
     else:
-        days.insert(index, PurchaseDay(day, 1, spend))
+        days.insert(index, PurchaseDay(day, 1, spend, at))
 
 
-def _signup(state: CustomerState, event: Signup, at: Micros, tie: int) -> None:
+def _mark(marks: list[Mark], mark: Mark, capacity: int) -> None:
+    bisect.insort(marks, mark, key=lambda m: (m.at, m.tie))
+    if len(marks) > capacity:
+        del marks[0]
+
+
+def _signup(state: CustomerState, event: Signup, at: Micros, tie: int, policy: Policy) -> None:
     state.first_signup_at = earliest(state.first_signup_at, at)
     state.last_signup_at = latest(state.last_signup_at, at)
+    fee = None if event.monthly_fee is None else money(event.monthly_fee)
+    _mark(state.signups, Mark(at, tie, fee), policy.marks)
     if _newer(state.profile, at, tie):
         state.profile = Latest(at, tie, None)
         state.segment, state.plan, state.channel = event.segment, event.plan, event.channel
@@ -141,8 +152,12 @@ def _signup(state: CustomerState, event: Signup, at: Micros, tie: int) -> None:
         state.fee = Latest(at, tie, money(event.monthly_fee))
 
 
-def _cancellation(state: CustomerState, event: Cancellation, at: Micros, tie: int) -> None:
+def _cancellation(
+    state: CustomerState, event: Cancellation, at: Micros, tie: int, policy: Policy
+) -> None:
     state.cancellations += 1
+    fee = None if event.monthly_fee is None else money(event.monthly_fee)
+    _mark(state.cancels, Mark(at, tie, fee), policy.marks)
     state.last_cancel_at = latest(state.last_cancel_at, at)
     if _newer(state.cancel, at, tie):
         state.cancel = Latest(at, tie, event.reason_code)

@@ -9,21 +9,28 @@ on the order they are added in, sums of integers do not.
 
 from __future__ import annotations
 
+import bisect
 from typing import Final
 
 import msgspec
 
-from retention.timeutil import Micros
+from retention.timeutil import DAY, Micros
 
 MONEY_UNIT: Final = 1_000_000  # micro-units per currency unit
 
 
 class PurchaseDay(msgspec.Struct, array_like=True, gc=False):
-    """Purchases on one UTC day: the unit of BG/NBD frequency (one per day)."""
+    """Purchases on one UTC day: the unit of BG/NBD frequency (one per day).
+
+    ``last`` is the day's latest purchase time: period boundaries fall on
+    midnights, so it is all the period engine needs to know the latest purchase
+    before any boundary.
+    """
 
     day: int
     count: int
     spend: int
+    last: Micros
 
 
 class Seen(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -39,6 +46,14 @@ class Latest(msgspec.Struct, array_like=True, gc=False):
     at: Micros
     tie: int
     value: str | int | None
+
+
+class Mark(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """A signup or cancellation kept for history, with the monthly fee it carried."""
+
+    at: Micros
+    tie: int
+    fee: int | None
 
 
 class Negative(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -67,6 +82,9 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
     cancel: Latest | None = None  # value: reason_code of the latest cancellation
     cancelled_fee: int | None = None  # micro-units, from the latest cancellation
     cancellations: int = 0
+    # Recent signups and cancellations (bounded), for figures at past boundaries.
+    signups: list[Mark] = msgspec.field(default_factory=list)
+    cancels: list[Mark] = msgspec.field(default_factory=list)
     # Feedback.
     nps: Latest | None = None
     csat: Latest | None = None
@@ -124,6 +142,33 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
         if self.last_cancel_at is not None and self.last_cancel_at >= last:
             return None  # already churned by cancellation
         return last + window
+
+    def last_activity_before(self, moment: Micros) -> Micros | None:
+        """Latest signup or purchase strictly before ``moment`` (a UTC midnight)."""
+        signup = next((m.at for m in reversed(self.signups) if m.at < moment), None)
+        day = moment // DAY
+        index = bisect.bisect_left(self.days, day, key=lambda d: d.day)
+        purchase = self.days[index - 1].last if index else None
+        return latest(signup, purchase)
+
+    def active_before(self, moment: Micros, window: Micros | None) -> bool:
+        """DESIGN section 6's "active at ``moment``", from history (``moment`` a midnight)."""
+        last = self.last_activity_before(moment)
+        if last is None or (window is not None and last < moment - window):
+            return False
+        cancel = next((m.at for m in reversed(self.cancels) if m.at < moment), None)
+        return cancel is None or cancel < last
+
+    def fee_at(self, moment: Micros) -> int:
+        """Monthly fee of the subscription running at ``moment`` (0 if none)."""
+        signup = next(
+            (m for m in reversed(self.signups) if m.at < moment and m.fee is not None), None
+        )
+        if signup is None or not signup.fee:
+            return 0
+        if any(signup.at <= m.at < moment for m in self.cancels):
+            return 0
+        return signup.fee
 
     def typical_interval_days(self) -> float | None:
         """Median gap between distinct purchase days: the customer's own rhythm."""

@@ -1,0 +1,267 @@
+"""Retention figures per calendar period, kept exact incrementally, per partition.
+
+DESIGN section 6 defines each figure as a sum over customers of something that
+depends only on that customer's own history (active at the period's start, at its
+end, acquired in it, purchases in it, ...). So a partition keeps, for every period
+that is still open, the running sums, and every event adds the difference it makes
+to its customer's contribution (contribution after the event minus before). That is
+exact whatever the order events arrive in.
+
+Customers who have no event in a period still count (a customer active at its start
+and at its end, say). Their contribution is known when the period opens: at that
+moment no customer of the partition has an event at or after its start, so
+"active at t" is "lapses at or after t", read from a histogram of lapse times, and
+the subscription revenue running at its start is the partition's running total.
+The cost per event is proportional to the number of open periods (one or two), and
+no step ever walks over all customers.
+
+A period [s, e) closes once the watermark has passed e by the allowed lateness;
+closed figures never change again (later events are "late": they update the
+customer, the open periods and cohorts, but not closed periods).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from retention.calendar import Calendar
+from retention.state import CustomerState
+from retention.timeutil import Micros
+
+NEVER: Final = -1  # lapse-histogram key of customers who never lapse (no activity window)
+#: Figures that come from the customer's history, in Figures' field order.
+HISTORY_FIELDS: Final = (
+    "active_start",
+    "active_end",
+    "new",
+    "retained",
+    "buyers",
+    "repeat_buyers",
+    "revenue",
+    "mrr_start",
+    "mrr_churned",
+)
+
+
+class Figures(msgspec.Struct, kw_only=True):
+    """Sums over the partition's customers for one period (money in micro-units)."""
+
+    active_start: int = 0
+    active_end: int = 0
+    new: int = 0
+    retained: int = 0
+    buyers: int = 0
+    repeat_buyers: int = 0
+    revenue: int = 0
+    mrr_start: int = 0
+    mrr_churned: int = 0
+    nps_promoters: int = 0
+    nps_passives: int = 0
+    nps_detractors: int = 0
+    csat_satisfied: int = 0
+    csat_responses: int = 0
+
+
+class Period(msgspec.Struct, kw_only=True):
+    start: Micros
+    end: Micros
+    label: str
+    figures: Figures
+
+
+class PeriodBook(msgspec.Struct, kw_only=True):
+    """The period engine's state for one partition (stored in its partition record)."""
+
+    open: list[Period] = msgspec.field(default_factory=list)
+    closed: list[Period] = msgspec.field(default_factory=list)
+    lapses: dict[int, int] = msgspec.field(default_factory=dict)
+    mrr: int = 0
+    horizon: Micros | None = None
+    first_event_at: Micros | None = None
+    #: acquisition month index -> {month offset: customers with a purchase then}
+    cohorts: dict[int, dict[int, int]] = msgspec.field(default_factory=dict)
+
+
+Contribution = tuple[int, ...]
+
+
+def contribution(
+    state: CustomerState | None, start: Micros, end: Micros, window: Micros | None
+) -> Contribution:
+    """One customer's share of HISTORY_FIELDS for the period [start, end)."""
+    if state is None:
+        return (0,) * len(HISTORY_FIELDS)
+    at_start = state.active_before(start, window)
+    at_end = state.active_before(end, window)
+    acquired = state.acquired_at
+    purchases = revenue = 0
+    for day in state.days:
+        if start <= day.last and day.last < end:  # days never straddle a boundary
+            purchases += day.count
+            revenue += day.spend
+    fee = state.fee_at(start)
+    churned_fee = fee if fee and any(start <= m.at < end for m in state.cancels) else 0
+    return (
+        int(at_start),
+        int(at_end),
+        int(acquired is not None and start <= acquired < end),
+        int(at_start and at_end),
+        int(purchases >= 1),
+        int(purchases >= 2),
+        revenue,
+        fee,
+        churned_fee,
+    )
+
+
+def lapse_key(state: CustomerState | None, window: Micros | None, calendar: Calendar) -> int | None:
+    """Histogram key: start of the period in which the customer stops being active."""
+    if state is None or state.last_activity_at is None:
+        return None
+    if state.last_cancel_at is not None and state.last_cancel_at >= state.last_activity_at:
+        return None
+    if window is None:
+        return NEVER
+    return calendar.start_of(state.last_activity_at + window)
+
+
+def cohort_cells(state: CustomerState | None, calendar: Calendar) -> set[tuple[int, int]]:
+    if state is None or state.acquired_at is None or not state.days:
+        return set()
+    acquired = calendar.month_index(state.acquired_at)
+    return {(acquired, calendar.month_index(day.last) - acquired) for day in state.days}
+
+
+class Snapshot(msgspec.Struct):
+    """A customer's contributions before an event, to subtract after it."""
+
+    shares: list[Contribution]
+    lapse: int | None
+    fee: int
+    cells: set[tuple[int, int]]
+
+
+class PeriodEngine:
+    """Operations on a PeriodBook; pure, with the calendar, window and lateness fixed."""
+
+    def __init__(self, calendar: Calendar, window: Micros | None, lateness: Micros) -> None:
+        self.calendar = calendar
+        self.window = window
+        self.lateness = lateness
+
+    def extend(self, book: PeriodBook, moment: Micros) -> None:
+        """Open every period up to the one containing ``moment``.
+
+        Call before applying an event at ``moment`` (or on a tick): a period must be
+        open before the first event inside it, which is when its start figures can be
+        read off the lapse histogram.
+        """
+        if book.horizon is not None and moment <= book.horizon:
+            return
+        calendar = self.calendar
+        target = calendar.start_of(moment)
+        if book.horizon is None:
+            # The first event: also open the periods that on-time events arriving out
+            # of order could still fall into.
+            start = calendar.start_of(moment - self.lateness)
+        elif book.open:
+            start = calendar.next_start(book.open[-1].start)
+        else:
+            start = calendar.next_start(book.closed[-1].start) if book.closed else target
+        book.horizon = moment
+        while start <= target:
+            end = calendar.next_start(start)
+            active_start = self._lapsing_from(book, start)
+            active_end = self._lapsing_from(book, end)
+            figures = Figures(
+                active_start=active_start,
+                active_end=active_end,
+                retained=active_end,  # active at end implies at start: no event since
+                mrr_start=book.mrr,
+            )
+            book.open.append(
+                Period(start=start, end=end, label=calendar.label(start), figures=figures)
+            )
+            start = end
+        first_open = book.open[0].start if book.open else target
+        for key in [k for k in book.lapses if k != NEVER and k < first_open]:
+            del book.lapses[key]
+
+    def _lapsing_from(self, book: PeriodBook, moment: Micros) -> int:
+        return sum(n for key, n in book.lapses.items() if key == NEVER or key >= moment)
+
+    def snapshot(self, book: PeriodBook, state: CustomerState | None) -> Snapshot:
+        window = self.window
+        return Snapshot(
+            shares=[contribution(state, p.start, p.end, window) for p in book.open],
+            lapse=lapse_key(state, window, self.calendar),
+            fee=0 if state is None or not state.subscribed else state.monthly_fee,
+            cells=cohort_cells(state, self.calendar),
+        )
+
+    def update(self, book: PeriodBook, before: Snapshot, state: CustomerState, at: Micros) -> None:
+        """Add the difference an event at ``at`` made to ``state`` (``before`` taken just prior)."""
+        window = self.window
+        for period, old in zip(book.open, before.shares, strict=True):
+            new = contribution(state, period.start, period.end, window)
+            if new != old:
+                figures = period.figures
+                for name, a, b in zip(HISTORY_FIELDS, old, new, strict=True):
+                    if a != b:
+                        setattr(figures, name, getattr(figures, name) + b - a)
+        lapse = lapse_key(state, window, self.calendar)
+        if lapse != before.lapse:
+            # A key may have been pruned: lapses before every open period are no
+            # longer asked about.
+            if before.lapse in book.lapses:
+                book.lapses[before.lapse] -= 1
+                if not book.lapses[before.lapse]:
+                    del book.lapses[before.lapse]
+            if lapse is not None:
+                book.lapses[lapse] = book.lapses.get(lapse, 0) + 1
+        book.mrr += (state.monthly_fee if state.subscribed else 0) - before.fee
+        cells = cohort_cells(state, self.calendar)
+        for acquired, offset in before.cells - cells:
+            row = book.cohorts[acquired]
+            row[offset] -= 1
+            if not row[offset]:
+                del row[offset]
+        for acquired, offset in cells - before.cells:
+            row = book.cohorts.setdefault(acquired, {})
+            row[offset] = row.get(offset, 0) + 1
+        if book.first_event_at is None or at < book.first_event_at:
+            book.first_event_at = at
+
+    def feedback(self, book: PeriodBook, at: Micros, kind: str, score: int | None) -> None:
+        """Count one (non-duplicate) NPS or CSAT response in its open period, if any."""
+        if score is None:
+            return
+        for period in book.open:
+            if period.start <= at < period.end:
+                figures = period.figures
+                if kind == "nps":
+                    if score >= 9:
+                        figures.nps_promoters += 1
+                    elif score >= 7:
+                        figures.nps_passives += 1
+                    else:
+                        figures.nps_detractors += 1
+                elif kind == "csat":
+                    figures.csat_responses += 1
+                    figures.csat_satisfied += score >= 4
+                return
+
+    def close(self, book: PeriodBook, watermark: Micros | None, keep: int = 240) -> list[Period]:
+        """Close the open periods the watermark has passed by the allowed lateness."""
+        closed: list[Period] = []
+        if watermark is None:
+            return closed
+        while book.open and book.open[0].end + self.lateness <= watermark:
+            period = book.open.pop(0)
+            book.closed.append(period)
+            closed.append(period)
+        if len(book.closed) > keep:
+            del book.closed[: len(book.closed) - keep]
+        return closed
