@@ -34,12 +34,14 @@ from faust.types import EventT, StreamT
 from prometheus_client import Counter
 
 from retention.apply import apply
+from retention.calendar import Calendar
 from retention.partition import PartitionState, decode_partition, encode_partition
+from retention.periods import PeriodEngine
 from retention.state import CustomerState, decode_state, encode_state
 from retention.timeutil import DAY, SECOND, to_micros
 from schemas.deadletter import DeadLetter
 from schemas.decode import Rejected
-from schemas.events import ClockTick, EventType
+from schemas.events import ClockTick, EventType, Feedback
 from streams import topics
 from streams.app import ChurnwatchApp
 from streams.partitions import partition_state_key
@@ -77,6 +79,8 @@ class CustomerBatch:
         self.policy = app.settings.policy
         self.metrics = app.metrics
         self.deadletter = app.deadletter_topic
+        settings = app.settings
+        self.periods = PeriodEngine(Calendar(settings.period), settings.window, settings.lateness)
 
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
@@ -97,6 +101,8 @@ class CustomerBatch:
         table = self.table
         metrics = self.metrics
         pstate = self._load_partition(partition)
+        periods = self.periods
+        book = pstate.periods
         wall = time.time()
         future_limit = round(wall * SECOND) + MAX_FUTURE
         touched: dict[bytes, CustomerState] = {}
@@ -110,7 +116,10 @@ class CustomerBatch:
             if topic == topics.CLOCK:
                 tick = self.decoder.decode_tick(message.value)
                 if isinstance(tick, ClockTick):
-                    pstate.tick(to_micros(tick.time))
+                    moment = to_micros(tick.time)
+                    pstate.tick(moment)
+                    periods.extend(book, moment)
+                    periods.close(book, pstate.watermark)
                     if not redelivered:
                         pstate.ticks += 1
                         counts["consumed", "tick"] += 1
@@ -140,9 +149,19 @@ class CustomerBatch:
                         pstate.customers += 1
                 else:
                     state = decode_state(raw)
+            if not redelivered:
+                periods.extend(book, at)
+                before = periods.snapshot(book, state)
             applied = apply(state, decoded, pstate.watermark or at, self.policy)
             touched[key] = applied.state
+            # Period figures, like counters, take each message once: a redelivered one
+            # was counted in the partition record that is stored before its customers.
+            if not redelivered and not applied.duplicate:
+                periods.update(book, before, applied.state, at)
+                if isinstance(decoded, Feedback):
+                    periods.feedback(book, at, decoded.kind, decoded.score)
             pstate.observe(topic, at, INPUTS)
+            periods.close(book, pstate.watermark)
             if message.timestamp:
                 latencies.append(wall - message.timestamp)
             if redelivered:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
+from retention.periods import PeriodBook
 from retention.timeutil import Micros
 
 
@@ -42,6 +43,7 @@ class PartitionState(msgspec.Struct, kw_only=True):
     late: int = 0
     ticks: int = 0
     offsets: dict[str, int] = msgspec.field(default_factory=dict)
+    periods: PeriodBook = msgspec.field(default_factory=PeriodBook)
 
     def observe(self, topic: str, moment: Micros, inputs: int) -> None:
         """An event of ``topic`` (one of ``inputs`` input topics) at ``moment`` was applied."""

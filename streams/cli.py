@@ -160,6 +160,9 @@ def replay(
     customers_out: Annotated[
         Path | None, typer.Option("--customers", help="Write one JSON line per customer here")
     ] = None,
+    report_out: Annotated[
+        Path | None, typer.Option("--report", help="Write period figures and cohorts (JSON)")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl or cdnow")] = "jsonl",
     order: Annotated[
         str, typer.Option(help="Publish in event-time order ('time') or as in the file ('file')")
@@ -206,6 +209,20 @@ def replay(
                 line = customer_summary(result.customers[customer_id], cut, window)
                 handle.write(json.dumps(line, separators=(",", ":")) + "\n")
     events = result.events
+    if report_out is not None:
+        from retention.calendar import Calendar
+        from streams.report import build_report
+
+        report = build_report(
+            result.partitions,
+            cut,
+            len(result.customers),
+            events,
+            Calendar(result.settings.period),
+        )
+        report_out.parent.mkdir(parents=True, exist_ok=True)
+        report_out.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"wrote {len(report['periods'])} periods to {report_out}")
     table = Table(title=f"replay as of {from_micros(cut).isoformat()}")
     table.add_column("figure")
     table.add_column("value", justify="right")

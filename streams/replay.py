@@ -186,8 +186,10 @@ def replay(
         )
         processing = time.perf_counter() - began
         timings["processing"] = processing
+        # At as_of + lateness: closes every period that ends at or before as_of
+        # (nothing at or after as_of was published).
         stage("sending the final clock tick")
-        asyncio.run(send_final_tick(bootstrap, partitions, as_of))
+        asyncio.run(send_final_tick(bootstrap, partitions, as_of + settings.lateness))
         asyncio.run(wait_for_zero_lag(bootstrap, settings.app_id, [topics.CLOCK], timeout=120))
         stage("collecting state from the changelog")
         customers, parts = asyncio.run(collect(bootstrap, settings.app_id))

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,70 @@ def batch_truth(path: Path, as_of: datetime) -> dict[str, dict[str, Any]]:
     return truth
 
 
+def month_start(index: int) -> datetime:
+    return datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
+
+
+def batch_periods(path: Path, as_of: datetime) -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
+    """DESIGN section 6 by month for a purchases-only history, from the raw rows."""
+    purchases: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 4 and fields[1].isdigit():
+            d = fields[1]
+            when = datetime(int(d[:4]), int(d[4:6]), int(d[6:]), tzinfo=UTC)
+            if when < as_of:
+                purchases[fields[0]].append((when, float(fields[3])))
+    window = timedelta(days=WINDOW_DAYS)
+
+    def active(items: list[tuple[datetime, float]], t: datetime) -> bool:
+        before = [w for w, _ in items if w < t]
+        return bool(before) and max(before) >= t - window
+
+    first = min(w for items in purchases.values() for w, _ in items)
+    index = first.year * 12 + first.month - 1
+    periods = []
+    while month_start(index + 1) <= as_of:
+        s, e = month_start(index), month_start(index + 1)
+        row = dict.fromkeys(("customers_start", "customers_new", "customers_end", "retained",
+                             "buyers", "repeat_buyers"), 0)  # fmt: skip
+        revenue = 0.0
+        for items in purchases.values():
+            a, b = active(items, s), active(items, e)
+            row["customers_start"] += a
+            row["customers_end"] += b
+            row["retained"] += a and b
+            row["customers_new"] += s <= min(w for w, _ in items) < e
+            inside = [amount for w, amount in items if s <= w < e]
+            row["buyers"] += len(inside) >= 1
+            row["repeat_buyers"] += len(inside) >= 2
+            revenue += sum(inside)
+        row["churned"] = row["customers_start"] - row["retained"]
+        row["revenue"] = round(revenue, 2)
+        row["period"] = f"{s.year:04d}-{s.month:02d}"
+        periods.append(row)
+        index += 1
+    cohorts: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for customer, items in purchases.items():
+        acquired = min(w for w, _ in items)
+        label = f"{acquired.year:04d}-{acquired.month:02d}"
+        for w, _ in items:
+            offset = (w.year - acquired.year) * 12 + w.month - acquired.month
+            cohorts[label].add((customer, offset))
+    matrix = {}
+    for label, cells in sorted(cohorts.items()):
+        width = max(offset for _, offset in cells) + 1
+        matrix[label] = [sum(1 for _, o in cells if o == k) for k in range(width)]
+    return periods, matrix
+
+
 def test_cdnow_replay_matches_batch_computation(tmp_path: Path) -> None:
     out = tmp_path / "customers.jsonl"
+    report_path = tmp_path / "report.json"
     command = [
         sys.executable, "-m", "streams.cli", "replay", str(CDNOW),
         "--format", "cdnow", "--as-of", "1998-07-01T00:00:00Z",
-        "--partitions", "4", "--customers", str(out),
+        "--partitions", "4", "--customers", str(out), "--report", str(report_path),
     ]  # fmt: skip
     env = {**os.environ, "CHURNWATCH_ACTIVITY_WINDOW": f"{WINDOW_DAYS}d"}
     started = time.perf_counter()
@@ -83,3 +141,14 @@ def test_cdnow_replay_matches_batch_computation(tmp_path: Path) -> None:
             )
     assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[:10]}"
     assert "events/s" in done.stdout
+
+    report = json.loads(report_path.read_text())
+    expected_periods, expected_cohorts = batch_periods(CDNOW, AS_OF)
+    assert len(expected_periods) == 18
+    assert [p["period"] for p in report["periods"]] == [p["period"] for p in expected_periods]
+    for got_period, want in zip(report["periods"], expected_periods, strict=True):
+        for name, value in want.items():
+            assert got_period[name] == value, (want["period"], name, got_period[name], value)
+    assert report["cohorts"] == expected_cohorts
+    assert report["customers"] == 23_570
+    assert report["events"]["consumed"] == 69_659

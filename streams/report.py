@@ -1,0 +1,94 @@
+"""The replay report: period figures and cohorts as the workers computed them.
+
+Every partition closes its own periods; the report adds the partitions' figures
+period by period (each customer lives in exactly one partition) and derives the
+ratios of DESIGN section 6 from the sums, never from one partition's ratios.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from retention.calendar import Calendar
+from retention.partition import PartitionState
+from retention.periods import Figures
+from retention.state import MONEY_UNIT
+from retention.timeutil import Micros, iso
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return None if denominator == 0 else numerator / denominator
+
+
+def period_line(label: str, start: Micros, end: Micros, f: Figures) -> dict[str, Any]:
+    churned = f.active_start - f.retained
+    nps_responses = f.nps_promoters + f.nps_passives + f.nps_detractors
+    nps = _ratio(100 * (f.nps_promoters - f.nps_detractors), nps_responses)
+    return {
+        "period": label,
+        "start": iso(start),
+        "end": iso(end),
+        "customers_start": f.active_start,
+        "customers_new": f.new,
+        "customers_end": f.active_end,
+        "retention_rate": _ratio(f.active_end - f.new, f.active_start),
+        "retained": f.retained,
+        "churned": churned,
+        "churn_rate": _ratio(churned, f.active_start),
+        "buyers": f.buyers,
+        "repeat_buyers": f.repeat_buyers,
+        "repeat_purchase_rate": _ratio(f.repeat_buyers, f.buyers),
+        "revenue": round(f.revenue / MONEY_UNIT, 6),
+        "mrr_start": round(f.mrr_start / MONEY_UNIT, 6),
+        "mrr_churned": round(f.mrr_churned / MONEY_UNIT, 6),
+        "revenue_churn_rate": _ratio(f.mrr_churned, f.mrr_start),
+        "nps": nps,
+        "csat": _ratio(f.csat_satisfied, f.csat_responses),
+        "nps_responses": nps_responses,
+        "csat_responses": f.csat_responses,
+    }
+
+
+def build_report(
+    partitions: list[PartitionState],
+    as_of: Micros,
+    customers: int,
+    events: dict[str, int],
+    calendar: Calendar,
+) -> dict[str, Any]:
+    sums: dict[Micros, Figures] = {}
+    bounds: dict[Micros, tuple[str, Micros]] = {}
+    cohorts: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    firsts = [p.periods.first_event_at for p in partitions if p.periods.first_event_at is not None]
+    first = calendar.start_of(min(firsts)) if firsts else as_of
+    for part in partitions:
+        for period in part.periods.closed:
+            if period.start < first or period.end > as_of:
+                continue
+            total = sums.setdefault(period.start, Figures())
+            for name in Figures.__struct_fields__:
+                setattr(total, name, getattr(total, name) + getattr(period.figures, name))
+            bounds[period.start] = (period.label, period.end)
+        for acquired, row in part.periods.cohorts.items():
+            for offset, count in row.items():
+                cohorts[acquired][offset] += count
+    periods = []
+    start = first
+    while calendar.next_start(start) <= as_of:
+        label, end = bounds.get(start, (calendar.label(start), calendar.next_start(start)))
+        periods.append(period_line(label, start, end, sums.get(start, Figures())))
+        start = end
+    cohort_rows = {}
+    for acquired in sorted(cohorts):
+        row = cohorts[acquired]
+        width = max(row) + 1 if row else 0
+        label = f"{acquired // 12:04d}-{acquired % 12 + 1:02d}"
+        cohort_rows[label] = [row.get(offset, 0) for offset in range(width)]
+    return {
+        "as_of": iso(as_of),
+        "customers": customers,
+        "events": events,
+        "periods": periods,
+        "cohorts": cohort_rows,
+    }
