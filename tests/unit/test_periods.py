@@ -4,21 +4,20 @@ arrival order within the allowed lateness."""
 from __future__ import annotations
 
 import random
-from collections import defaultdict
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retention.apply import Policy, apply, id_hash, money
+from retention.apply import Policy, apply
 from retention.calendar import Calendar
 from retention.partition import PartitionState
-from retention.periods import Figures, PeriodBook, PeriodEngine
+from retention.periods import PeriodBook, PeriodEngine
 from retention.state import CustomerState
 from retention.timeutil import DAY, HOUR, to_micros
 from schemas.events import Cancellation, Event, Feedback, Purchase, Signup
+from tests.oracle import batch
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 LATENESS = 6 * HOUR
@@ -55,80 +54,6 @@ def arrival(events: list[Event], rnd: random.Random) -> list[Event]:
     """Event-time order, each event delayed by up to the allowed lateness."""
     jitter = {e.event_id: rnd.uniform(0, LATENESS * 0.999) for e in events}
     return sorted(events, key=lambda e: to_micros(e.occurred_at) + jitter[e.event_id])
-
-
-@dataclass
-class Truth:
-    figures: Figures
-    label: str
-
-
-def batch(events: list[Event], calendar: Calendar, window: int | None, until: int) -> list[Truth]:
-    """DESIGN section 6 from scratch, sharing nothing with the engine but the calendar."""
-    by_customer: dict[str, list[Event]] = defaultdict(list)
-    for event in events:
-        by_customer[event.customer_id].append(event)
-
-    def times(items: list[Event], kinds: tuple[type, ...], before: int) -> list[int]:
-        return [to_micros(e.occurred_at) for e in items if isinstance(e, kinds)
-                and to_micros(e.occurred_at) < before]  # fmt: skip
-
-    def active(items: list[Event], t: int) -> bool:
-        acts = times(items, (Signup, Purchase), t)
-        if not acts:
-            return False
-        last = max(acts)
-        cancels = times(items, (Cancellation,), t)
-        return (window is None or last >= t - window) and (not cancels or max(cancels) < last)
-
-    def fee_at(items: list[Event], t: int) -> int:
-        # Simultaneous signups: the documented tie-break, a hash of the event id.
-        signups = sorted((to_micros(e.occurred_at), id_hash(e.event_id), e) for e in items
-                         if isinstance(e, Signup) and e.monthly_fee is not None
-                         and to_micros(e.occurred_at) < t)  # fmt: skip
-        if not signups or not signups[-1][2].monthly_fee:
-            return 0
-        since = signups[-1][0]
-        if any(since <= c < t for c in times(items, (Cancellation,), t)):
-            return 0
-        return money(signups[-1][2].monthly_fee)
-
-    first = min(to_micros(e.occurred_at) for e in events)
-    start = calendar.start_of(first)
-    out = []
-    while calendar.next_start(start) <= until:
-        end = calendar.next_start(start)
-        f = Figures()
-        for items in by_customer.values():
-            a, b = active(items, start), active(items, end)
-            f.active_start += a
-            f.active_end += b
-            f.retained += a and b
-            acquired = min(times(items, (Signup, Purchase), 1 << 62), default=None)
-            f.new += acquired is not None and start <= acquired < end
-            bought = [e for e in items if isinstance(e, Purchase)
-                      and start <= to_micros(e.occurred_at) < end]  # fmt: skip
-            f.buyers += len(bought) >= 1
-            f.repeat_buyers += len(bought) >= 2
-            f.revenue += sum(money(e.amount) for e in bought)
-            fee = fee_at(items, start)
-            f.mrr_start += fee
-            cancelled = any(start <= c < end for c in times(items, (Cancellation,), end))
-            f.mrr_churned += fee if cancelled else 0
-            for e in items:
-                if isinstance(e, Feedback) and start <= to_micros(e.occurred_at) < end:
-                    if e.kind == "nps":
-                        assert e.score is not None
-                        f.nps_promoters += e.score >= 9
-                        f.nps_passives += 7 <= e.score <= 8
-                        f.nps_detractors += e.score <= 6
-                    elif e.kind == "csat":
-                        assert e.score is not None
-                        f.csat_responses += 1
-                        f.csat_satisfied += e.score >= 4
-        out.append(Truth(f, calendar.label(start)))
-        start = end
-    return out
 
 
 def stream(
