@@ -108,13 +108,14 @@ def batch_periods(path: Path, as_of: datetime) -> tuple[list[dict[str, Any]], di
     return periods, matrix
 
 
-def test_cdnow_replay_matches_batch_computation(tmp_path: Path) -> None:
+def run_replay(tmp_path: Path, partitions: int, workers: int) -> tuple[Path, Path, str]:
     out = tmp_path / "customers.jsonl"
     report_path = tmp_path / "report.json"
     command = [
         sys.executable, "-m", "streams.cli", "replay", str(CDNOW),
         "--format", "cdnow", "--as-of", "1998-07-01T00:00:00Z",
-        "--partitions", "4", "--customers", str(out), "--report", str(report_path),
+        "--partitions", str(partitions), "--workers", str(workers),
+        "--customers", str(out), "--report", str(report_path),
     ]  # fmt: skip
     env = {**os.environ, "CHURNWATCH_ACTIVITY_WINDOW": f"{WINDOW_DAYS}d"}
     started = time.perf_counter()
@@ -122,6 +123,24 @@ def test_cdnow_replay_matches_batch_computation(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - started
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     print(done.stdout, f"\nreplay wall time {elapsed:.1f}s")
+    return out, report_path, done.stdout
+
+
+def check_report(report_path: Path) -> None:
+    report = json.loads(report_path.read_text())
+    expected_periods, expected_cohorts = batch_periods(CDNOW, AS_OF)
+    assert len(expected_periods) == 18
+    assert [p["period"] for p in report["periods"]] == [p["period"] for p in expected_periods]
+    for got_period, want in zip(report["periods"], expected_periods, strict=True):
+        for name, value in want.items():
+            assert got_period[name] == value, (want["period"], name, got_period[name], value)
+    assert report["cohorts"] == expected_cohorts
+    assert report["customers"] == 23_570
+    assert report["events"]["consumed"] == 69_659
+
+
+def test_cdnow_replay_matches_batch_computation(tmp_path: Path) -> None:
+    out, report_path, stdout = run_replay(tmp_path, partitions=4, workers=1)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     got = {line["customer_id"]: line for line in lines}
     truth = batch_truth(CDNOW, AS_OF)
@@ -140,15 +159,13 @@ def test_cdnow_replay_matches_batch_computation(tmp_path: Path) -> None:
                 (customer, "total_spend", line["total_spend"], expected["total_spend"])
             )
     assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[:10]}"
-    assert "events/s" in done.stdout
+    assert "events/s" in stdout
+    check_report(report_path)
 
-    report = json.loads(report_path.read_text())
-    expected_periods, expected_cohorts = batch_periods(CDNOW, AS_OF)
-    assert len(expected_periods) == 18
-    assert [p["period"] for p in report["periods"]] == [p["period"] for p in expected_periods]
-    for got_period, want in zip(report["periods"], expected_periods, strict=True):
-        for name, value in want.items():
-            assert got_period[name] == value, (want["period"], name, got_period[name], value)
-    assert report["cohorts"] == expected_cohorts
-    assert report["customers"] == 23_570
-    assert report["events"]["consumed"] == 69_659
+
+@pytest.mark.parametrize(("partitions", "workers"), [(1, 1), (8, 2)])
+def test_cdnow_periods_do_not_depend_on_partitions_or_workers(
+    tmp_path: Path, partitions: int, workers: int
+) -> None:
+    _, report_path, _ = run_replay(tmp_path, partitions, workers)
+    check_report(report_path)
