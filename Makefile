@@ -47,9 +47,10 @@ schemas: $(STAMP) ## Regenerate schemas/json/ from the structs
 bench: $(STAMP) ## Run the benchmarks (prints measured figures)
 	$(BIN)/python -m bench.validation
 
-replay-cdnow: $(STAMP) ## Replay the CDNOW purchase log through the pipeline (writes out/cdnow-customers.jsonl)
+replay-cdnow: $(STAMP) ## Replay the CDNOW purchase log (writes out/cdnow-customers.jsonl, out/cdnow-report.json)
 	$(BIN)/churnwatch replay "$$($(BIN)/python -c 'import lifetimes,os;print(os.path.join(os.path.dirname(lifetimes.__file__),"datasets","CDNOW_master.txt"))')" \
-	  --format cdnow --as-of 1998-07-01T00:00:00Z --customers out/cdnow-customers.jsonl
+	  --format cdnow --as-of 1998-07-01T00:00:00Z --customers out/cdnow-customers.jsonl \
+	  --report out/cdnow-report.json
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
