@@ -1,8 +1,8 @@
 """The four customer events and the clock tick, as they travel on Kafka.
 
-msgspec structs were chosen over pydantic and faust.Record because they validate
-several times faster (see ``bench/validation.py``), which matters on a path that
-sees every event. The ``type`` tag is optional on the wire (the topic already says
+msgspec structs were chosen over pydantic and faust.Record because, on the same
+rules, they validate about 1.5-1.8x faster than pydantic and over 10x faster than
+faust.Record, which also cannot express several of the rules (``bench/validation.py``). The ``type`` tag is optional on the wire (the topic already says
 what an event is) but, when present, must match: a ``refund`` sent to the purchases
 topic is a producer bug and is dead-lettered rather than read as a purchase.
 Unknown fields are ignored so producers can add fields before consumers know them.
