@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Literal
 
-from retention.timeutil import Micros, from_micros, to_micros
+from retention.timeutil import DAY, Micros, from_micros, to_micros
 
 PeriodKind = Literal["day", "week", "month", "quarter"]
 
@@ -22,6 +23,9 @@ class Calendar:
 
     def start_of(self, moment: Micros) -> Micros:
         """Start of the period containing ``moment``."""
+        return _start_of_day(self.kind, moment // DAY)
+
+    def _start(self, moment: Micros) -> Micros:
         day = from_micros(moment).replace(hour=0, minute=0, second=0, microsecond=0)
         if self.kind == "week":
             day -= timedelta(days=day.weekday())
@@ -55,5 +59,18 @@ class Calendar:
 
     def month_index(self, moment: Micros) -> int:
         """Months since year 0, for cohort offsets (cohorts are monthly whatever the kind)."""
-        when = from_micros(moment)
-        return when.year * 12 + when.month - 1
+        return _month_of_day(moment // DAY)
+
+
+# Boundaries fall on midnights, so both lookups depend on the UTC day alone; the
+# period engine asks them several times per event, and datetime arithmetic costs
+# microseconds where a cached day costs a dictionary lookup.
+@lru_cache(maxsize=65536)
+def _start_of_day(kind: PeriodKind, day: int) -> Micros:
+    return Calendar(kind)._start(day * DAY)
+
+
+@lru_cache(maxsize=65536)
+def _month_of_day(day: int) -> int:
+    when = from_micros(day * DAY)
+    return when.year * 12 + when.month - 1

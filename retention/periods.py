@@ -22,13 +22,14 @@ customer, the open periods and cohorts, but not closed periods).
 
 from __future__ import annotations
 
+import bisect
 from typing import Final
 
 import msgspec
 
 from retention.calendar import Calendar
-from retention.state import CustomerState
-from retention.timeutil import Micros
+from retention.state import CustomerState, PurchaseDay
+from retention.timeutil import DAY, Micros
 
 NEVER: Final = -1  # lapse-histogram key of customers who never lapse (no activity window)
 #: Figures that come from the customer's history, in Figures' field order.
@@ -87,6 +88,10 @@ class PeriodBook(msgspec.Struct, kw_only=True):
 Contribution = tuple[int, ...]
 
 
+def _day(day: PurchaseDay) -> int:
+    return day.day
+
+
 def contribution(
     state: CustomerState | None, start: Micros, end: Micros, window: Micros | None
 ) -> Contribution:
@@ -96,11 +101,14 @@ def contribution(
     at_start = state.active_before(start, window)
     at_end = state.active_before(end, window)
     acquired = state.acquired_at
+    days = state.days
+    # Boundaries are midnights, so a period holds whole purchase days.
+    first = bisect.bisect_left(days, start // DAY, key=_day)
+    last = bisect.bisect_left(days, end // DAY, key=_day)
     purchases = revenue = 0
-    for day in state.days:
-        if start <= day.last and day.last < end:  # days never straddle a boundary
-            purchases += day.count
-            revenue += day.spend
+    for day in days[first:last]:
+        purchases += day.count
+        revenue += day.spend
     fee = state.fee_at(start)
     churned_fee = fee if fee and any(start <= m.at < end for m in state.cancels) else 0
     return (
