@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint typecheck unit agent integration schemas bench replay-cdnow clean
+.PHONY: help install tools demo test lint typecheck unit agent integration schemas bench replay-cdnow clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,6 +22,12 @@ install: $(STAMP) ## Create .venv and install churnwatch with its dev tools (.ve
 demo: $(STAMP) ## Run the demo: embedded broker, a worker, live events (DEMO_ARGS="--duration 60")
 	$(BIN)/churnwatch demo $(DEMO_ARGS)
 
+tools: ## Install promtool (Debian package prometheus) if missing; needs root and apt
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing Debian package prometheus (for promtool)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@promtool --version | head -1
+
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -29,7 +35,7 @@ lint: $(STAMP) ## ruff lint and format check
 typecheck: $(STAMP) ## mypy on the package
 	$(BIN)/mypy
 
-test: lint typecheck ## Lint, type-check and run every test tier (unit, agent, integration)
+test: tools lint typecheck ## Lint, type-check and run every test tier (unit, agent, integration)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: $(STAMP) ## Pure unit tests only
@@ -38,7 +44,7 @@ unit: $(STAMP) ## Pure unit tests only
 agent: $(STAMP) ## Agent tests (Faust test context, no broker)
 	$(BIN)/pytest tests/agent $(PYTEST_ARGS)
 
-integration: $(STAMP) ## Integration tests against the embedded broker
+integration: $(STAMP) tools ## Integration tests against the embedded broker
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 schemas: $(STAMP) ## Regenerate schemas/json/ from the structs

@@ -17,11 +17,30 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from retention.partition import PartitionState
+from retention.state import MONEY_UNIT
 from retention.timeutil import SECOND
 from schemas.deadletter import REJECT_REASONS
 from schemas.events import EVENT_TYPES
 
 KINDS = (*EVENT_TYPES, "tick")
+#: metric suffix -> (Figures field, help, divisor): numerators and denominators only;
+#: ratios are computed across workers by deploy/prometheus/rules.yml.
+PERIOD_GAUGES: dict[str, tuple[str, str, float]] = {
+    "customers_start": ("active_start", "Customers active at the period start", 1),
+    "customers_end": ("active_end", "Customers active at the period end (so far)", 1),
+    "customers_new": ("new", "Customers acquired in the period", 1),
+    "customers_retained": ("retained", "Customers active at its start and end", 1),
+    "buyers": ("buyers", "Customers with a purchase in the period", 1),
+    "repeat_buyers": ("repeat_buyers", "Customers with two or more purchases", 1),
+    "revenue": ("revenue", "Purchase amounts in the period", MONEY_UNIT),
+    "mrr_start": ("mrr_start", "Monthly fees of subscriptions running at the start", MONEY_UNIT),
+    "mrr_churned": ("mrr_churned", "Monthly fees of those cancelled in the period", MONEY_UNIT),
+    "nps_promoters": ("nps_promoters", "NPS responses 9-10", 1),
+    "nps_passives": ("nps_passives", "NPS responses 7-8", 1),
+    "nps_detractors": ("nps_detractors", "NPS responses 0-6", 1),
+    "csat_satisfied": ("csat_satisfied", "CSAT responses 4-5", 1),
+    "csat_responses": ("csat_responses", "CSAT responses", 1),
+}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -50,6 +69,19 @@ class PartitionCollector(Collector):
             "Exact input counts per partition, recovered with the state (no double counting)",
             labels=["partition", "outcome"],
         )
+        periods = {
+            name: GaugeMetricFamily(
+                f"churnwatch_period_{name}",
+                f"{help_text}, for the partition's current (open) or last closed period",
+                labels=["partition", "period"],
+            )
+            for name, (_, help_text, _) in PERIOD_GAUGES.items()
+        }
+        period_start = GaugeMetricFamily(
+            "churnwatch_period_start_timestamp_seconds",
+            "Start of the current or last closed period (Unix seconds)",
+            labels=["partition", "period"],
+        )
         now = time.time()
         for state in self._partitions():
             label = str(state.partition)
@@ -60,7 +92,18 @@ class PartitionCollector(Collector):
                 lag.add_metric([label], now - seconds)
             for outcome in ("consumed", "valid", "deadletter", "duplicates", "late"):
                 events.add_metric([label, outcome], getattr(state, outcome))
-        yield from (customers, watermark, lag, events)
+            book = state.periods
+            for which, period in (
+                ("current", book.open[-1] if book.open else None),
+                ("last", book.closed[-1] if book.closed else None),
+            ):
+                if period is None:
+                    continue
+                period_start.add_metric([label, which], period.start / SECOND)
+                for name, (field, _, scale) in PERIOD_GAUGES.items():
+                    value = getattr(period.figures, field)
+                    periods[name].add_metric([label, which], value / scale)
+        yield from (customers, watermark, lag, events, period_start, *periods.values())
 
 
 class PipelineMetrics:

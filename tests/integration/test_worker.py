@@ -52,6 +52,10 @@ def test_live_worker_ticks_its_partitions_and_serves_metrics(tmp_path: Path) -> 
             for partition in ("0", "1"):
                 key = ("churnwatch_event_time_lag_seconds", (("partition", partition),))
                 assert 0 <= values[key] < 10, values[key]
+                # Ticks open the current period: its gauges exist from the start.
+                labels = (("partition", partition), ("period", "current"))
+                assert values[("churnwatch_period_customers_start", labels)] == 0
+                assert ("churnwatch_period_start_timestamp_seconds", labels) in values
         finally:
             worker.stop()
         assert worker.process is not None and worker.process.returncode == 0, worker.log_tail()
