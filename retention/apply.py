@@ -36,14 +36,14 @@ LOW_CSAT_MAX: Final = 2  # CSAT 1-2 counts as a bad experience
 class Policy:
     """The knobs of ``apply``; defaults documented in the README's configuration table.
 
-    ``dedup_ids`` bounds how many recent event ids a customer remembers: a duplicate
-    is recognised while its original is among the customer's ``dedup_ids`` most
-    recent events (by event time). Redeliveries after a worker restart and producer
-    retries are recent, so a small bound covers them at a few hundred bytes per
-    customer.
+    ``dedup_ids`` bounds how many recent event ids a customer remembers per event
+    type: a duplicate is recognised while its original is among the customer's
+    ``dedup_ids`` most recent events of its type (by event time). Redeliveries after
+    a worker restart and producer retries are recent, so a small bound covers them
+    at a few hundred bytes per customer.
     """
 
-    dedup_ids: int = 32
+    dedup_ids: int = 16
     negatives: int = 8
     marks: int = 8  # signups and cancellations remembered for period figures
     lateness: Micros = 6 * 3600 * 1_000_000
@@ -89,7 +89,7 @@ def apply(
     for item in seen:
         if item.id_hash == tie:
             return Applied(state, duplicate=True, late=False)
-    _remember(seen, Seen(at, tie), policy.dedup_ids)
+    _remember(seen, Seen(at, tie, str(event.__struct_config__.tag)), policy.dedup_ids)
     late = at < now - policy.lateness
     if isinstance(event, Purchase):
         _purchase(state, event, at)
@@ -105,10 +105,14 @@ def apply(
 
 
 def _remember(seen: list[Seen], item: Seen, capacity: int) -> None:
-    # Keep the ``capacity`` greatest (time, hash): a set independent of arrival order.
+    # Keep, per event type, the ``capacity`` greatest (time, hash): a set independent
+    # of arrival order. Per type, because a worker may read one input topic far ahead
+    # of another (in a replay, days ahead): a shared bound would let a customer's
+    # purchases push out the id of a feedback event whose duplicate is still coming.
     bisect.insort(seen, item, key=lambda s: (s.at, s.id_hash))
-    if len(seen) > capacity:
-        del seen[0]
+    same = [s for s in seen if s.kind == item.kind]
+    if len(same) > capacity:
+        seen.remove(same[0])
 
 
 def _newer(current: Latest | None, at: Micros, tie: int) -> bool:

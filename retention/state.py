@@ -34,10 +34,11 @@ class PurchaseDay(msgspec.Struct, array_like=True, gc=False):
 
 
 class Seen(msgspec.Struct, array_like=True, gc=False, frozen=True):
-    """A recently applied event: event time and a 63-bit hash of its id."""
+    """A recently applied event: event time, a 63-bit hash of its id, its type."""
 
     at: Micros
     id_hash: int
+    kind: str
 
 
 class Latest(msgspec.Struct, array_like=True, gc=False):

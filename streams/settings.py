@@ -56,7 +56,7 @@ class Settings:
     batch_max: int = 1000
     batch_within: float = 0.05
     max_event_bytes: int = 64 * 1024
-    dedup_ids: int = 32
+    dedup_ids: int = 16
     session_timeout: float = 10.0
     commit_interval: float = 1.0
     standby_replicas: int = 1
