@@ -159,7 +159,7 @@ class CustomerBatch:
             if not redelivered and not applied.duplicate:
                 periods.update(book, before, applied.state, at)
                 if isinstance(decoded, Feedback):
-                    periods.feedback(book, at, decoded.kind, decoded.score)
+                    periods.feedback(book, at, decoded.kind, decoded.score, pstate.watermark or at)
             pstate.observe(topic, at, INPUTS)
             periods.close(book, pstate.watermark)
             if message.timestamp:

@@ -23,7 +23,7 @@ customer, the open periods and cohorts, but not closed periods).
 from __future__ import annotations
 
 import bisect
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -32,6 +32,7 @@ from retention.state import CustomerState, PurchaseDay
 from retention.timeutil import DAY, Micros
 
 NEVER: Final = -1  # lapse-histogram key of customers who never lapse (no activity window)
+ROLLING_DAYS: Final = 90  # the rolling NPS and CSAT window
 #: Figures that come from the customer's history, in Figures' field order.
 HISTORY_FIELDS: Final = (
     "active_start",
@@ -83,13 +84,45 @@ class PeriodBook(msgspec.Struct, kw_only=True):
     first_event_at: Micros | None = None
     #: acquisition month index -> {month offset: customers with a purchase then}
     cohorts: dict[int, dict[int, int]] = msgspec.field(default_factory=dict)
+    #: rolling views: customers by subscription status; lapse day -> customers
+    #: (for "active now", to the day); day -> NPS/CSAT responses (last ROLLING_DAYS)
+    statuses: dict[str, int] = msgspec.field(default_factory=dict)
+    lapse_days: dict[int, int] = msgspec.field(default_factory=dict)
+    feedback_days: dict[int, list[int]] = msgspec.field(default_factory=dict)
+
+    def active_on(self, day: int) -> int:
+        """Customers whose activity window reaches UTC day ``day`` (active now, to the day)."""
+        return sum(n for key, n in self.lapse_days.items() if key == NEVER or key >= day)
+
+    def rolling_feedback(self, day: int) -> list[int]:
+        """[promoters, passives, detractors, csat satisfied, csat responses] over the
+        ROLLING_DAYS days up to and including ``day``."""
+        totals = [0] * 5
+        for key, counts in self.feedback_days.items():
+            if day - ROLLING_DAYS < key <= day:
+                for index, count in enumerate(counts):
+                    totals[index] += count
+        return totals
 
 
 Contribution = tuple[int, ...]
+_DAYS: Final = Calendar("day")
 
 
 def _day(day: PurchaseDay) -> int:
     return day.day
+
+
+def _move(counts: dict[Any, int], old: Any, new: Any) -> None:
+    """Move one customer from bucket ``old`` to bucket ``new`` (None: no bucket)."""
+    if old == new:
+        return
+    if old is not None and old in counts:
+        counts[old] -= 1
+        if not counts[old]:
+            del counts[old]
+    if new is not None:
+        counts[new] = counts.get(new, 0) + 1
 
 
 def contribution(
@@ -142,11 +175,28 @@ def cohort_cells(state: CustomerState | None, calendar: Calendar) -> set[tuple[i
     return {(acquired, calendar.month_index(day.last) - acquired) for day in state.days}
 
 
+def subscription_status(state: CustomerState | None) -> str | None:
+    if state is None:
+        return None
+    if state.subscribed:
+        return "subscribed"
+    if state.fee is not None and state.fee.value:
+        return "cancelled"
+    return "none"
+
+
+def lapse_day(state: CustomerState | None, window: Micros | None) -> int | None:
+    key = lapse_key(state, window, _DAYS)
+    return key if key is None or key == NEVER else key // DAY
+
+
 class Snapshot(msgspec.Struct):
     """A customer's contributions before an event, to subtract after it."""
 
     shares: list[Contribution]
     lapse: int | None
+    lapse_day: int | None
+    status: str | None
     fee: int
     cells: set[tuple[int, int]]
 
@@ -205,6 +255,8 @@ class PeriodEngine:
         return Snapshot(
             shares=[contribution(state, p.start, p.end, window) for p in book.open],
             lapse=lapse_key(state, window, self.calendar),
+            lapse_day=lapse_day(state, window),
+            status=subscription_status(state),
             fee=0 if state is None or not state.subscribed else state.monthly_fee,
             cells=cohort_cells(state, self.calendar),
         )
@@ -219,16 +271,11 @@ class PeriodEngine:
                 for name, a, b in zip(HISTORY_FIELDS, old, new, strict=True):
                     if a != b:
                         setattr(figures, name, getattr(figures, name) + b - a)
-        lapse = lapse_key(state, window, self.calendar)
-        if lapse != before.lapse:
-            # A key may have been pruned: lapses before every open period are no
-            # longer asked about.
-            if before.lapse in book.lapses:
-                book.lapses[before.lapse] -= 1
-                if not book.lapses[before.lapse]:
-                    del book.lapses[before.lapse]
-            if lapse is not None:
-                book.lapses[lapse] = book.lapses.get(lapse, 0) + 1
+        # A histogram key may have been pruned: lapses before every open period are
+        # no longer asked about (_move skips a missing key).
+        _move(book.lapses, before.lapse, lapse_key(state, window, self.calendar))
+        _move(book.lapse_days, before.lapse_day, lapse_day(state, window))
+        _move(book.statuses, before.status, subscription_status(state))
         book.mrr += (state.monthly_fee if state.subscribed else 0) - before.fee
         cells = cohort_cells(state, self.calendar)
         for acquired, offset in before.cells - cells:
@@ -242,10 +289,23 @@ class PeriodEngine:
         if book.first_event_at is None or at < book.first_event_at:
             book.first_event_at = at
 
-    def feedback(self, book: PeriodBook, at: Micros, kind: str, score: int | None) -> None:
-        """Count one (non-duplicate) NPS or CSAT response in its open period, if any."""
-        if score is None:
+    def feedback(
+        self, book: PeriodBook, at: Micros, kind: str, score: int | None, watermark: Micros
+    ) -> None:
+        """Count one (non-duplicate) NPS or CSAT response in its open period, if any,
+        and in the rolling window."""
+        if score is None or kind not in ("nps", "csat"):
             return
+        day = at // DAY
+        if day > watermark // DAY - ROLLING_DAYS:
+            counts = book.feedback_days.setdefault(day, [0] * 5)
+            if kind == "nps":
+                counts[0 if score >= 9 else 1 if score >= 7 else 2] += 1
+            else:
+                counts[3] += score >= 4
+                counts[4] += 1
+            for old in [d for d in book.feedback_days if d <= watermark // DAY - ROLLING_DAYS]:
+                del book.feedback_days[old]
         for period in book.open:
             if period.start <= at < period.end:
                 figures = period.figures
@@ -270,6 +330,10 @@ class PeriodEngine:
             period = book.open.pop(0)
             book.closed.append(period)
             closed.append(period)
+        if closed:  # days already over are no longer asked about
+            today = watermark // DAY
+            for key in [k for k in book.lapse_days if k != NEVER and k < today - 1]:
+                del book.lapse_days[key]
         if len(book.closed) > keep:
             del book.closed[: len(book.closed) - keep]
         return closed

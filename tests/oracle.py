@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from retention.apply import id_hash, money
 from retention.calendar import Calendar
@@ -113,3 +114,41 @@ def cohorts(events: list[Event], calendar: Calendar) -> dict[str, list[int]]:
         label = f"{acquired // 12:04d}-{acquired % 12 + 1:02d}"
         out[label] = [len(row.get(k, ())) for k in range(max(row) + 1)]
     return out
+
+
+def rolling(events: list[Event], window: int | None, day: int) -> dict[str, Any]:
+    """Active customers on ``day`` (activity window reaching its start), NPS/CSAT over
+    the 90 days up to it, and customers by subscription status after all events."""
+    by_customer: dict[str, list[Event]] = defaultdict(list)
+    for event in events:
+        by_customer[event.customer_id].append(event)
+    start = day * 86_400_000_000
+    active = 0
+    statuses: dict[str, int] = defaultdict(int)
+    for items in by_customer.values():
+        acts = [to_micros(e.occurred_at) for e in items if isinstance(e, (Signup, Purchase))]
+        cancels = [to_micros(e.occurred_at) for e in items if isinstance(e, Cancellation)]
+        if acts:
+            last = max(acts)
+            lapses = window is None or last + window >= start
+            active += lapses and (not cancels or max(cancels) < last)
+        signups = [e for e in items if isinstance(e, Signup) and e.monthly_fee is not None]
+        fees = sorted(
+            (to_micros(e.occurred_at), id_hash(e.event_id), e.monthly_fee) for e in signups
+        )
+        if fees and fees[-1][2]:
+            cancelled = any(c >= fees[-1][0] for c in cancels)
+            statuses["cancelled" if cancelled else "subscribed"] += 1
+        elif acts or cancels or items:
+            statuses["none"] += 1
+    feedback = [0] * 5
+    for e in events:
+        if isinstance(e, Feedback) and e.score is not None:
+            d = to_micros(e.occurred_at) // 86_400_000_000
+            if day - 90 < d <= day:
+                if e.kind == "nps":
+                    feedback[0 if e.score >= 9 else 1 if e.score >= 7 else 2] += 1
+                elif e.kind == "csat":
+                    feedback[3] += e.score >= 4
+                    feedback[4] += 1
+    return {"active": active, "feedback": feedback, "statuses": dict(statuses)}

@@ -17,7 +17,7 @@ from retention.periods import PeriodBook, PeriodEngine
 from retention.state import CustomerState
 from retention.timeutil import DAY, HOUR, to_micros
 from schemas.events import Cancellation, Event, Feedback, Purchase, Signup
-from tests.oracle import batch
+from tests.oracle import batch, rolling
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 LATENESS = 6 * HOUR
@@ -75,7 +75,7 @@ def stream(
         if not applied.duplicate:
             engine.update(book, before, applied.state, moment)
             if isinstance(event, Feedback):
-                engine.feedback(book, moment, event.kind, event.score)
+                engine.feedback(book, moment, event.kind, event.score, part.watermark or moment)
         part.observe("input", moment, inputs=1)
         engine.close(book, part.watermark)
     final = until + LATENESS  # the replay's final tick
@@ -121,3 +121,19 @@ def test_duplicates_and_order_do_not_change_closed_periods() -> None:
     shuffled, _ = stream(noisy, calendar, 30 * DAY, until)
     assert [p.figures for p in ordered.closed] == [p.figures for p in shuffled.closed]
     assert ordered.cohorts == shuffled.cohorts
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 1000), window_days=st.sampled_from([3, 30, None]))
+def test_rolling_views_match_batch(data: st.DataObject, seed: int, window_days: int | None) -> None:
+    events = data.draw(histories(150))
+    calendar = Calendar("month")
+    window = None if window_days is None else window_days * DAY
+    until = calendar.start_of(to_micros(at(24 * 160)))
+    book, _ = stream(arrival(events, random.Random(seed)), calendar, window, until)
+    day = (until + LATENESS) // DAY  # the final tick's day
+    truth = rolling(events, window, day)
+    assert book.active_on(day) == truth["active"]
+    assert book.rolling_feedback(day) == truth["feedback"]
+    statuses = {k: v for k, v in book.statuses.items() if v}
+    assert statuses == {k: v for k, v in truth["statuses"].items() if v}
