@@ -2,8 +2,9 @@
 
 msgspec structs were chosen over pydantic and faust.Record because, on the same
 rules, they validate about 1.5-1.8x faster than pydantic and over 10x faster than
-faust.Record, which also cannot express several of the rules (``bench/validation.py``). The ``type`` tag is optional on the wire (the topic already says
-what an event is) but, when present, must match: a ``refund`` sent to the purchases
+faust.Record, which also cannot express several of the rules
+(``bench/validation.py``). The ``type`` tag is optional on the wire (the topic
+already says what an event is) but, when present, must match: a ``refund`` sent to the purchases
 topic is a producer bug and is dead-lettered rather than read as a purchase.
 Unknown fields are ignored so producers can add fields before consumers know them.
 """

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -88,8 +88,31 @@ def running_workers(settings: Settings, count: int, workdir: Path) -> Iterator[l
             worker.stop()
 
 
-async def send_final_tick(bootstrap: str, partitions: int, as_of: Micros) -> None:
-    value = msgspec.json.encode(ClockTick(time=from_micros(as_of), source="replay"))
+def wait_settled(procs: list[WorkerProcess], partitions: int, timeout: float = 120.0) -> None:
+    """Wait until the workers own every partition exactly once, have recovered their
+    tables, and stay so for a second: input published before then would be handed
+    over mid-stream, which is correct but makes replays slower and less repeatable."""
+    for proc in procs:
+        proc.wait_ready(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    stable_since: float | None = None
+    while time.monotonic() < deadline:
+        healths = [proc.health() or {} for proc in procs]
+        owned = sorted(p for h in healths for p in h.get("partitions", []))
+        settled = owned == list(range(partitions)) and all(h.get("status") == "ok" for h in healths)
+        if settled:
+            stable_since = stable_since or time.monotonic()
+            if time.monotonic() - stable_since >= 1.0:
+                return
+        else:
+            stable_since = None
+        time.sleep(0.2)
+    raise TimeoutError(f"workers did not settle on {partitions} partitions in {timeout:.0f}s")
+
+
+async def send_ticks(bootstrap: str, partitions: int, moment: Micros) -> None:
+    """One clock tick at ``moment`` to every partition of the clock topic."""
+    value = msgspec.json.encode(ClockTick(time=from_micros(moment), source="replay"))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
@@ -148,13 +171,20 @@ def replay(
         stage(f"starting {workers} worker(s)")
         started = time.perf_counter()
         procs = stack.enter_context(running_workers(settings, workers, workdir))
-        for proc in procs:
-            proc.wait_ready()
+        wait_settled(procs, partitions)
         timings["workers_ready"] = time.perf_counter() - started
-        records: Iterable[Record] = read_events(path, fmt)
+        stage("reading events")
+        records = list(read_events(path, fmt))
         if order == "time":
-            stage("ordering events by event time")
-            records = sorted(records, key=_event_time)
+            records.sort(key=_event_time)
+        # A first tick at the earliest event time, processed before any event is
+        # published, opens the periods every event falls in: which topic a worker
+        # happens to read first must not decide where a partition's first period starts.
+        times = [
+            r.occurred_at for r in records if r.occurred_at is not None and r.occurred_at < as_of
+        ]
+        if times:
+            asyncio.run(send_ticks(bootstrap, partitions, min(times)))
         stage("publishing events")
         began = time.perf_counter()
         published = asyncio.run(
@@ -189,7 +219,7 @@ def replay(
         # At as_of + lateness: closes every period that ends at or before as_of
         # (nothing at or after as_of was published).
         stage("sending the final clock tick")
-        asyncio.run(send_final_tick(bootstrap, partitions, as_of + settings.lateness))
+        asyncio.run(send_ticks(bootstrap, partitions, as_of + settings.lateness))
         asyncio.run(wait_for_zero_lag(bootstrap, settings.app_id, [topics.CLOCK], timeout=120))
         stage("collecting state from the changelog")
         customers, parts = asyncio.run(collect(bootstrap, settings.app_id))

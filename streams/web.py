@@ -28,9 +28,13 @@ def install_views(app: ChurnwatchApp) -> None:
     class Health(View):
         async def get(self, request: Request) -> Response:
             partitions = assigned_partitions(app)
+            recovery = app.tables.recovery  # type: ignore[attr-defined]
+            recovering = bool(app.in_recovery) or not recovery.completed.is_set()
+            status = "rebalancing" if app.rebalancing else "recovering" if recovering else "ok"
             body: dict[str, Any] = {
-                "status": "ok" if app.rebalancing is False else "rebalancing",
+                "status": status,
                 "app_id": app.conf.id,
                 "partitions": partitions,
+                "recovering": recovering,
             }
             return self.json(body)

@@ -16,7 +16,7 @@ from streams.generator import write_history
 from streams.inputs import read_events
 from streams.kafka_admin import create_topics, wait_for_zero_lag
 from streams.produce import publish
-from streams.replay import collect, send_final_tick
+from streams.replay import collect, send_ticks
 from streams.settings import Settings
 from streams.workers import WorkerProcess, free_port, local_settings
 
@@ -69,7 +69,7 @@ def test_restarted_worker_recovers_state_and_counters(tmp_path: Path) -> None:
             assert gauge_sum(second, "churnwatch_customers") == 1500
             # A tick makes the new owner rewrite every partition record from what it
             # recovered: the counters must come back exactly, not from zero.
-            asyncio.run(send_final_tick(broker.bootstrap, 4, end))
+            asyncio.run(send_ticks(broker.bootstrap, 4, end))
             asyncio.run(wait_for_zero_lag(broker.bootstrap, group, [topics.CLOCK], timeout=60))
         finally:
             second.stop()
