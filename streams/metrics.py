@@ -18,11 +18,19 @@ from prometheus_client.registry import Collector
 
 from retention.partition import PartitionState
 from retention.state import MONEY_UNIT
-from retention.timeutil import SECOND
+from retention.timeutil import DAY, SECOND
 from schemas.deadletter import REJECT_REASONS
 from schemas.events import EVENT_TYPES
 
 KINDS = (*EVENT_TYPES, "tick")
+#: In the order of PeriodBook.rolling_feedback.
+ROLLING_GAUGES = (
+    ("nps_promoters", "NPS responses 9-10"),
+    ("nps_passives", "NPS responses 7-8"),
+    ("nps_detractors", "NPS responses 0-6"),
+    ("csat_satisfied", "CSAT responses 4-5"),
+    ("csat_responses", "CSAT responses"),
+)
 #: metric suffix -> (Figures field, help, divisor): numerators and denominators only;
 #: ratios are computed across workers by deploy/prometheus/rules.yml.
 PERIOD_GAUGES: dict[str, tuple[str, str, float]] = {
@@ -82,6 +90,24 @@ class PartitionCollector(Collector):
             "Start of the current or last closed period (Unix seconds)",
             labels=["partition", "period"],
         )
+        active = GaugeMetricFamily(
+            "churnwatch_customers_active",
+            "Customers whose activity window reaches the watermark's day (active now)",
+            labels=["partition"],
+        )
+        subscription = GaugeMetricFamily(
+            "churnwatch_customers_by_subscription",
+            "Customers by subscription status (subscribed, cancelled, none)",
+            labels=["partition", "status"],
+        )
+        rolling = {
+            name: GaugeMetricFamily(
+                f"churnwatch_rolling_{name}",
+                f"{text} over the 90 days up to the watermark",
+                labels=["partition"],
+            )
+            for name, text in ROLLING_GAUGES
+        }
         now = time.time()
         for state in self._partitions():
             label = str(state.partition)
@@ -93,6 +119,15 @@ class PartitionCollector(Collector):
             for outcome in ("consumed", "valid", "deadletter", "duplicates", "late"):
                 events.add_metric([label, outcome], getattr(state, outcome))
             book = state.periods
+            if state.watermark is not None:
+                today = state.watermark // DAY
+                active.add_metric([label], book.active_on(today))
+                for (name, _), value in zip(
+                    ROLLING_GAUGES, book.rolling_feedback(today), strict=True
+                ):
+                    rolling[name].add_metric([label], value)
+            for status in ("subscribed", "cancelled", "none"):
+                subscription.add_metric([label, status], book.statuses.get(status, 0))
             for which, period in (
                 ("current", book.open[-1] if book.open else None),
                 ("last", book.closed[-1] if book.closed else None),
@@ -104,6 +139,7 @@ class PartitionCollector(Collector):
                     value = getattr(period.figures, field)
                     periods[name].add_metric([label, which], value / scale)
         yield from (customers, watermark, lag, events, period_start, *periods.values())
+        yield from (active, subscription, *rolling.values())
 
 
 class PipelineMetrics:

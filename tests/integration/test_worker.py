@@ -56,6 +56,9 @@ def test_live_worker_ticks_its_partitions_and_serves_metrics(tmp_path: Path) -> 
                 labels = (("partition", partition), ("period", "current"))
                 assert values[("churnwatch_period_customers_start", labels)] == 0
                 assert ("churnwatch_period_start_timestamp_seconds", labels) in values
+                assert values[("churnwatch_customers_active", (("partition", partition),))] == 0
+                status = (("partition", partition), ("status", "subscribed"))
+                assert values[("churnwatch_customers_by_subscription", status)] == 0
         finally:
             worker.stop()
         assert worker.process is not None and worker.process.returncode == 0, worker.log_tail()
