@@ -79,10 +79,16 @@ def _free_port(host: str) -> int:
 
 
 def _port_taken(host: str, port: int) -> bool:
-    """True when something already accepts connections there (it would answer our probe)."""
+    """True when something already listens there. Binding is the test rather than
+    connecting: a connect() to a closed port in the ephemeral range can succeed by TCP
+    self-connect. SO_REUSEADDR lets the bind ignore TIME_WAIT, never a live listener."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
 
 
 async def _answers(bootstrap: str) -> bool:
