@@ -144,16 +144,26 @@ def test_port_answered_by_someone_else_is_refused() -> None:
             EmbeddedBroker(port=port).start()
 
 
-def test_broker_dying_at_start_reports_exit_code_and_log(tmp_path: Path) -> None:
-    # Bound but not listening: our pre-check passes, Tansu's bind fails (and it exits 0).
+def test_broker_dying_at_start_reports_exit_code_and_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "tansu"
+    fake.write_text("#!/bin/sh\necho 'cannot open storage: boom' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CALF_TANSU_BIN", str(fake))
+    broker = EmbeddedBroker(log_path=tmp_path / "broker.log")
+    with pytest.raises(BrokerError, match=r"exited with code 3") as error:
+        broker.start(timeout=10)
+    assert "cannot open storage: boom" in str(error.value)
+    assert broker.process is None
+
+
+def test_port_bound_but_not_listening_is_refused() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log")
-        with pytest.raises(BrokerError, match=r"exited with code \d+") as error:
-            broker.start(timeout=10)
-    assert "Address in use" in str(error.value)
-    assert broker.process is None
+        with pytest.raises(BrokerError, match="already in use"):
+            EmbeddedBroker(port=port).start(timeout=10)
 
 
 def test_missing_binary_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
