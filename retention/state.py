@@ -65,6 +65,20 @@ class Negative(msgspec.Struct, array_like=True, gc=False, frozen=True):
     code: str
 
 
+class RiskMark(msgspec.Struct, array_like=True, kw_only=True):
+    """A customer's last assessment and alert state, kept in CustomerState.risk."""
+
+    at: Micros = 0  # time of the last assessment
+    score: float = 0.0
+    tier: str = "low"  # low | medium | high | critical
+    status: str | None = None  # of the latest alert: firing|escalated|resolved|churned
+    episode: Micros | None = None  # starts_at of the latest episode
+    alerted_tier: str | None = None  # highest tier alerted in the open episode
+    sequence: int = 0  # of the latest alert
+    quiet_until: Micros | None = None  # end of the cooldown after a resolution
+    due: Micros | None = None  # next time something can change without an event
+
+
 class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
     customer_id: str
     # Activity: signups and purchases.
@@ -100,6 +114,8 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
     segment: str | None = None
     plan: str | None = None
     channel: str | None = None
+    # Churn risk: the last assessment and the alert lifecycle (retention.alerts).
+    risk: RiskMark | None = None
 
     @property
     def acquired_at(self) -> Micros | None:

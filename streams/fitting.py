@@ -14,15 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retention.apply import apply
 from retention.fit import CustomerRow, fit_model
 from retention.model import Model
-from retention.state import CustomerState
 from retention.summary import customer_summary
-from retention.timeutil import Micros, iso, to_micros
-from schemas.decode import EventDecoder, Rejected
-from streams import topics
-from streams.inputs import Format, read_events
+from retention.timeutil import Micros, iso
+from streams.history import fold_file
+from streams.inputs import Format
 from streams.settings import Settings
 
 Progress = Callable[[int], None]
@@ -59,33 +56,14 @@ def read_summaries(
     progress: Progress | None = None,
 ) -> Summaries:
     settings = settings or Settings()
-    policy = settings.policy
-    decoder = EventDecoder(settings.max_event_bytes)
-    states: dict[str, CustomerState] = {}
-    out = Summaries()
-    watermark: Micros | None = None
-    read = 0
-    for read, record in enumerate(read_events(path, fmt), start=1):
-        if progress is not None and read % _PROGRESS_EVERY == 0:
-            progress(read)
-        kind = topics.INPUT_TOPICS[record.topic]
-        event = decoder.decode(kind, record.key, record.value)
-        if isinstance(event, Rejected):
-            out.rejected += 1
-            continue
-        at = to_micros(event.occurred_at)
-        if at >= as_of:
-            out.after_as_of += 1
-            continue
-        watermark = at if watermark is None else max(watermark, at)
-        applied = apply(states.get(event.customer_id), event, watermark, policy)
-        states[event.customer_id] = applied.state
-        if applied.duplicate:
-            out.duplicates += 1
-        else:
-            out.events += 1
-    if progress is not None:
-        progress(read)
+    history = fold_file(path, fmt, as_of, settings, progress)
+    states = history.states
+    out = Summaries(
+        events=history.events,
+        rejected=history.rejected,
+        duplicates=history.duplicates,
+        after_as_of=history.after_as_of,
+    )
     window = settings.window
     for customer_id in sorted(states):
         line = customer_summary(states[customer_id], as_of, window)

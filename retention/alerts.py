@@ -1,0 +1,222 @@
+"""The alert lifecycle: which assessments become alerts, and when to look again.
+
+An *episode* opens when a customer's tier reaches the alerting tier and at least
+one reason holds (``firing``: no alert without evidence, so a new customer whose
+score is high only because most new customers never return is not paged on day
+one; they are once they are overdue), may rise (``escalated``), and ends either
+well (``resolved``: the customer came back and the tier fell below the alerting
+tier by the hysteresis) or badly
+(``churned``: an explicit cancellation, or no activity for the activity window).
+A churned customer who comes back gets the episode ``resolved``. After a
+resolution the customer is quiet for ``cooldown_days``: a score that wobbles around
+a cut does not page anyone twice.
+
+Alerts are emitted only on transitions, and everything about them is decided by
+event time: an alert's ``starts_at`` is the moment the transition happened, either
+the event that caused it or, for a customer who simply stops, the instant their
+score crossed a cut, found by ``next_due`` from the state alone. So a replay of the
+same input makes the same transitions at the same times, hence the same
+``dedup_key`` and ``sequence`` values.
+"""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+from typing import Final, Literal
+
+import msgspec
+
+from retention.model import Model
+from retention.risk import (
+    RANK,
+    Assessment,
+    Reason,
+    RiskConfig,
+    Tier,
+    assess,
+    quick_score,
+    raw_tier,
+    tier_with_hysteresis,
+)
+from retention.state import CustomerState, RiskMark
+from retention.timeutil import DAY, Micros
+
+Status = Literal["firing", "escalated", "resolved", "churned"]
+OPEN: Final = ("firing", "escalated")
+#: Furthest ahead the due search looks; a customer with nothing due by then is
+#: looked at again at that time.
+DUE_LIMIT: Final = 730 * DAY
+
+
+class Alert(msgspec.Struct, kw_only=True):
+    """An alert as decided in the domain; the agent adds processing time and source."""
+
+    status: Status
+    customer_id: str
+    tier: Tier
+    risk_score: float
+    reasons: list[Reason]
+    value_at_risk: float
+    clv: float
+    segment: str | None
+    starts_at: Micros  # start of the episode (event time)
+    at: Micros  # when this transition happened (event time)
+    sequence: int
+    dedup_key: str
+
+
+def dedup_key(customer_id: str, episode: Micros) -> str:
+    """Stable across replays: the customer and the event time the episode began."""
+    digest = blake2b(f"{customer_id}\x00{episode}".encode(), digest_size=16)
+    return digest.hexdigest()
+
+
+class Lifecycle:
+    """Assess customers and turn changes into alerts; pure, configuration fixed."""
+
+    def __init__(self, config: RiskConfig, model: Model | None, window: Micros | None) -> None:
+        self.config = config
+        self.model = model
+        self.window = window
+        self.cooldown = round(config.cooldown_days * DAY)
+        self.alert_rank = RANK[config.alert_tier]
+
+    def assess(self, state: CustomerState, now: Micros) -> Assessment | None:
+        return assess(state, now, self.config, self.model, self.window)
+
+    def step(self, state: CustomerState, now: Micros) -> Alert | None:
+        """Assess at ``now`` and apply the lifecycle; returns the alert, if any."""
+        assessment = self.assess(state, now)
+        mark = state.risk
+        if mark is None:
+            mark = state.risk = RiskMark(at=now)
+        if assessment is None:
+            return None
+        tier = tier_with_hysteresis(assessment.score, mark.tier, self.config)
+        status: Status | None = None
+        if assessment.cancelled or assessment.lapsed:
+            if mark.status != "churned":
+                status = "churned"
+                if mark.status not in OPEN:
+                    mark.episode = now
+        elif mark.status == "churned":
+            status = "resolved"
+        elif RANK[tier] >= self.alert_rank and assessment.reasons:
+            if mark.status in OPEN:
+                if mark.alerted_tier is None or RANK[tier] > RANK[mark.alerted_tier]:
+                    status = "escalated"
+            elif mark.quiet_until is None or now >= mark.quiet_until:
+                status = "firing"
+                mark.episode = now
+        elif mark.status in OPEN and RANK[tier] < self.alert_rank:
+            status = "resolved"
+        mark.at = now
+        mark.score = assessment.score
+        mark.tier = tier
+        if status is None:
+            return None
+        if status == "resolved":
+            mark.quiet_until = now + self.cooldown
+            mark.alerted_tier = None
+        elif status in OPEN:
+            mark.alerted_tier = tier
+        mark.status = status
+        mark.sequence += 1
+        assert mark.episode is not None
+        return Alert(
+            status=status,
+            customer_id=state.customer_id,
+            tier=tier,
+            risk_score=round(assessment.score, 6),
+            reasons=assessment.reasons,
+            value_at_risk=round(assessment.value_at_risk, 2),
+            clv=round(assessment.clv, 2),
+            segment=state.segment,
+            starts_at=mark.episode,
+            at=now,
+            sequence=mark.sequence,
+            dedup_key=dedup_key(state.customer_id, mark.episode),
+        )
+
+    def changes_by(self, state: CustomerState, mark: RiskMark, moment: Micros) -> bool:
+        """Would an assessment at ``moment`` (no new events) differ from ``mark``?
+
+        Differ means: a higher tier, a lapse, or an alert that would now fire (the
+        tier is high enough, evidence has appeared, no cooldown holds it back).
+        """
+        quick = quick_score(state, moment, self.config, self.model, self.window)
+        if quick is None:
+            return False
+        value, churned, explained = quick
+        if churned:
+            return mark.status != "churned"
+        if mark.status == "churned":
+            return False
+        if RANK[raw_tier(value, self.config)] > RANK[mark.tier]:
+            return True
+        return (
+            explained
+            and mark.status not in OPEN
+            and RANK[tier_with_hysteresis(value, mark.tier, self.config)] >= self.alert_rank
+            and (mark.quiet_until is None or mark.quiet_until <= moment)
+        )
+
+    def next_due(self, state: CustomerState, until: Micros) -> Micros | None:
+        """First instant in (mark.at, until] at which ``changes_by`` holds, or None.
+
+        Risk only grows while nothing happens (recency grows, expected purchases
+        shrink), so the first crossing is found by bisection to the day, after the
+        exact instants a lapse or a cooldown end are checked.
+        """
+        mark = state.risk
+        if mark is None or mark.status == "churned":
+            return None
+        start = mark.at
+        if until <= start or not self.changes_by(state, mark, until):
+            return None
+        candidates = []
+        lapse = state.lapse_at(self.window)
+        if lapse is not None and start < lapse <= until:
+            candidates.append(lapse)
+        if mark.quiet_until is not None and start < mark.quiet_until <= until:
+            candidates.append(mark.quiet_until)
+        exact = [c for c in sorted(candidates) if self.changes_by(state, mark, c)]
+        high = min([until, *exact])
+        low = start  # changes_by(low) is false: nothing changes at the last assessment
+        # Bisect on whole days after ``start``; ``high`` itself is known to change.
+        steps = (high - low) // DAY
+        lo, hi = 0, steps
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.changes_by(state, mark, low + (mid + 1) * DAY):
+                hi = mid
+            else:
+                lo = mid + 1
+        found = low + (lo + 1) * DAY
+        return found if found < high else high
+
+    def catch_up(self, state: CustomerState, until: Micros) -> list[Alert]:
+        """Assess at every due instant up to ``until``, in time order (no new events).
+
+        Called before an event is applied and when the watermark passes a due time;
+        the common case (nothing due) costs one score.
+        """
+        alerts: list[Alert] = []
+        for _ in range(16):  # each step raises the tier or churns: few steps
+            due = self.next_due(state, until)
+            if due is None:
+                break
+            alert = self.step(state, due)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    def schedule(self, state: CustomerState) -> Micros | None:
+        """Compute and store the next due instant after the last assessment."""
+        mark = state.risk
+        if mark is None:
+            return None
+        mark.due = self.next_due(state, mark.at + DUE_LIMIT)
+        if mark.due is None and mark.status != "churned" and state.last_activity_at is not None:
+            mark.due = mark.at + DUE_LIMIT  # look again then; nothing is ever dropped
+        return mark.due

@@ -1,0 +1,416 @@
+"""Churn risk: a score in [0, 1], tiers with hysteresis, and the evidence behind them.
+
+The score is a logistic model of the probability that the customer makes no
+purchase in the next ``horizon_days``. Its inputs are few and readable (days since
+last activity, repeat purchases, total spend, BG/NBD expected purchases, recent
+drops against the customer's own baseline, recent bad experiences), so every
+weight can be fitted on data (``retention.calibrate``) and every reason shown to a
+customer-success manager is a measured value next to the threshold it crossed.
+
+Reasons and score are deliberately separate: the weights decide ranking, the
+thresholds decide what is worth saying. A one-time buyer, whom BG/NBD calls alive
+with probability 1, still scores high once overdue: recency carries most of the
+weight and is measured against a population rhythm when the customer has none.
+
+All times are integer microseconds passed in by the caller; nothing here reads a
+clock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+
+from retention.model import Model, clv, expected_purchases, p_alive
+from retention.state import MONEY_UNIT, CustomerState
+from retention.timeutil import DAY, Micros
+
+Tier = Literal["low", "medium", "high", "critical"]
+TIERS: Final[tuple[Tier, ...]] = ("low", "medium", "high", "critical")
+RANK: Final[dict[str, int]] = {tier: index for index, tier in enumerate(TIERS)}
+#: Feature names, in the order of ``features()`` and of ``Weights``' fields.
+FEATURES: Final = (
+    "recency",
+    "frequency",
+    "spend",
+    "expected",
+    "frequency_drop",
+    "spend_drop",
+    "experiences",
+    "detractor",
+    "low_csat",
+)
+EXPECTED_FLOOR: Final = 0.01  # log(expected purchases + floor): finite for zero
+
+
+class RiskConfigError(ValueError):
+    """A risk configuration file that cannot be used, with the reason."""
+
+
+class Weights(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Logistic weights; each feature is defined in ``features()``."""
+
+    intercept: float = 0.0
+    recency: float = 0.0
+    frequency: float = 0.0
+    spend: float = 0.0
+    expected: float = 0.0
+    frequency_drop: float = 0.0
+    spend_drop: float = 0.0
+    experiences: float = 0.0
+    detractor: float = 0.0
+    low_csat: float = 0.0
+
+    def vector(self) -> tuple[float, ...]:
+        return tuple(getattr(self, name) for name in FEATURES)
+
+
+class Thresholds(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """When a piece of evidence becomes a reason (it does not change the score)."""
+
+    overdue_ratio: float = 2.0  # days since last activity / own typical interval
+    frequency_ratio: float = 0.5  # recent purchase days / baseline expectation
+    spend_ratio: float = 0.5  # recent mean spend per purchase day / baseline
+    detractor_nps: int = 6  # latest NPS at or below
+    low_csat: int = 2  # latest CSAT at or below
+    bad_support: int = 1  # bad or unresolved support contacts in the recent window
+    bad_experiences: int = 2  # any bad experiences in the recent window ("several")
+    p_alive: float = 0.5  # BG/NBD probability alive below
+    expected_purchases: float = 0.2  # expected purchases in the horizon below
+
+
+class TierCuts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Score at or above which a tier is entered; leaving needs ``hysteresis`` less."""
+
+    medium: float = 0.5
+    high: float = 0.7
+    critical: float = 0.85
+    hysteresis: float = 0.05
+
+    def cuts(self) -> tuple[float, float, float]:
+        return (self.medium, self.high, self.critical)
+
+
+class RiskConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    horizon_days: float = 90.0
+    recent_days: float = 90.0  # window for frequency/spend drops and bad experiences
+    #: Rhythm assumed for a customer with fewer than two purchase days (days).
+    default_interval_days: float = 30.0
+    plain: Weights = Weights()  # used without a BG/NBD model
+    with_model: Weights = Weights()  # used with one (adds ``expected``)
+    thresholds: Thresholds = Thresholds()
+    tiers: TierCuts = TierCuts()
+    alert_tier: Tier = "high"
+    cooldown_days: float = 30.0
+    clv_months: int = 12
+    discount_rate: float = 0.01  # monthly
+    #: How the weights were obtained (command, data, split, fit quality).
+    provenance: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cuts = self.tiers.cuts()
+        if not all(0.0 < c < 1.0 for c in cuts) or list(cuts) != sorted(set(cuts)):
+            raise RiskConfigError(f"tier cuts must be increasing within (0, 1), got {cuts}")
+        if not 0.0 <= self.tiers.hysteresis < cuts[0]:
+            raise RiskConfigError("tiers.hysteresis must be >= 0 and below the medium cut")
+        if self.horizon_days <= 0 or self.recent_days <= 0 or self.default_interval_days <= 0:
+            raise RiskConfigError(
+                "horizon_days, recent_days and default_interval_days must be positive"
+            )
+        if self.cooldown_days < 0 or self.clv_months < 1 or self.discount_rate <= -1:
+            raise RiskConfigError("cooldown_days >= 0, clv_months >= 1, discount_rate > -1")
+        for weights in (self.plain, self.with_model):
+            if not all(math.isfinite(w) for w in (weights.intercept, *weights.vector())):
+                raise RiskConfigError("weights must be finite numbers")
+
+
+DEFAULTS_PATH: Final = Path(__file__).with_name("risk_defaults.json")
+
+
+def load_risk_config(path: str | Path | None = None) -> RiskConfig:
+    """The configuration at ``path``, or the calibrated defaults shipped with churnwatch."""
+    source = Path(path) if path else DEFAULTS_PATH
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise RiskConfigError(f"cannot read risk configuration {source}: {exc.strerror}") from None
+    try:
+        return msgspec.json.decode(data, type=RiskConfig)
+    except (msgspec.ValidationError, msgspec.DecodeError, RiskConfigError) as exc:
+        raise RiskConfigError(f"invalid risk configuration {source}: {exc}") from None
+
+
+def dump_risk_config(config: RiskConfig) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(config), indent=2) + b"\n"
+
+
+class Reason(msgspec.Struct, frozen=True):
+    code: str
+    value: float
+    threshold: float
+
+
+class Evidence(msgspec.Struct, kw_only=True):
+    """What the score and reasons are computed from, as of one instant."""
+
+    recency_days: float
+    rhythm_days: float  # own typical interval, or the configured default
+    own_rhythm: bool
+    x: int  # repeat purchase days
+    spend: float  # total, currency units
+    frequency_ratio: float | None  # recent purchase days / baseline expectation
+    spend_ratio: float | None  # recent mean spend per purchase day / baseline
+    experiences: int  # bad experiences in the recent window
+    bad_support: int
+    nps: int | None
+    csat: int | None
+    p_alive: float | None
+    expected: float | None  # expected purchases in the horizon (BG/NBD)
+    cancelled: bool
+    lapsed: bool
+    age_days: float
+
+
+class Assessment(msgspec.Struct, kw_only=True):
+    score: float
+    raw_tier: Tier
+    reasons: list[Reason]
+    p_alive: float | None
+    expected: float | None
+    clv: float
+    value_at_risk: float
+    cancelled: bool
+    lapsed: bool
+
+
+def evidence(
+    state: CustomerState,
+    now: Micros,
+    config: RiskConfig,
+    model: Model | None,
+    window: Micros | None,
+) -> Evidence | None:
+    """None for a customer with no signup or purchase yet (nothing to be at risk of)."""
+    last = state.last_activity_at
+    if last is None:
+        return None
+    recency = max(0.0, (now - last) / DAY)
+    days = state.days
+    interval = state.typical_interval_days()
+    x = max(len(days) - 1, 0)
+    recent_from = now - round(config.recent_days * DAY)
+    frequency_ratio = spend_ratio = None
+    if days:
+        split = bisect.bisect_left(days, -(-recent_from // DAY), key=lambda d: d.day)
+        base, recent = days[:split], days[split:]
+        span = (recent_from - days[0].day * DAY) / DAY
+        if len(base) >= 2 and span >= config.recent_days:
+            expected_recent = len(base) / span * config.recent_days
+            frequency_ratio = len(recent) / expected_recent
+        if base and recent:
+            base_mean = sum(d.spend for d in base) / len(base)
+            if base_mean > 0:
+                spend_ratio = sum(d.spend for d in recent) / len(recent) / base_mean
+    experiences = bad_support = 0
+    for negative in reversed(state.negatives):
+        if negative.at <= recent_from:
+            break
+        if negative.at <= now:
+            experiences += 1
+            bad_support += negative.code == "bad_support"
+    alive = expected = None
+    age = 0.0
+    if days:
+        age = (now - days[0].day * DAY) / DAY
+        if model is not None:
+            t_x = float(days[-1].day - days[0].day)
+            alive = p_alive(model.bgnbd, x, t_x, age)
+            expected = expected_purchases(model.bgnbd, config.horizon_days, x, t_x, age)
+    cancel = state.last_cancel_at
+    return Evidence(
+        recency_days=recency,
+        rhythm_days=interval if interval else config.default_interval_days,
+        own_rhythm=interval is not None,
+        x=x,
+        spend=state.spend / MONEY_UNIT,
+        frequency_ratio=frequency_ratio,
+        spend_ratio=spend_ratio,
+        experiences=experiences,
+        bad_support=bad_support,
+        nps=None if state.nps is None else _int(state.nps.value),
+        csat=None if state.csat is None else _int(state.csat.value),
+        p_alive=alive,
+        expected=expected,
+        cancelled=cancel is not None and cancel >= last,
+        lapsed=window is not None and now >= last + window,
+        age_days=age,
+    )
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def features(ev: Evidence, config: RiskConfig) -> tuple[float, ...]:
+    """The model's inputs, in FEATURES order."""
+    th = config.thresholds
+    return (
+        math.log1p(ev.recency_days),
+        math.log1p(ev.x),
+        math.log1p(ev.spend),
+        math.log((ev.expected or 0.0) + EXPECTED_FLOOR),
+        0.0 if ev.frequency_ratio is None else max(0.0, 1.0 - ev.frequency_ratio),
+        0.0 if ev.spend_ratio is None else max(0.0, 1.0 - ev.spend_ratio),
+        math.log1p(ev.experiences),
+        float(ev.nps is not None and ev.nps <= th.detractor_nps),
+        float(ev.csat is not None and ev.csat <= th.low_csat),
+    )
+
+
+def weights_for(ev: Evidence, config: RiskConfig) -> Weights:
+    return config.with_model if ev.expected is not None else config.plain
+
+
+def score(ev: Evidence, config: RiskConfig) -> float:
+    if ev.cancelled:
+        return 1.0
+    weights = weights_for(ev, config)
+    z = weights.intercept + math.fsum(
+        w * f for w, f in zip(weights.vector(), features(ev, config), strict=True)
+    )
+    return _sigmoid(z)
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def reasons(ev: Evidence, config: RiskConfig, window: Micros | None) -> list[Reason]:
+    th = config.thresholds
+    out: list[Reason] = []
+    if ev.cancelled:
+        out.append(Reason("cancelled", 1.0, 1.0))
+    if ev.lapsed and window is not None:
+        out.append(Reason("lapsed", _r(ev.recency_days), _r(window / DAY)))
+    overdue = ev.recency_days / ev.rhythm_days
+    if overdue >= th.overdue_ratio:
+        out.append(Reason("overdue", _r(overdue), th.overdue_ratio))
+    if ev.frequency_ratio is not None and ev.frequency_ratio <= th.frequency_ratio:
+        out.append(Reason("frequency_drop", _r(ev.frequency_ratio), th.frequency_ratio))
+    if ev.spend_ratio is not None and ev.spend_ratio <= th.spend_ratio:
+        out.append(Reason("spend_drop", _r(ev.spend_ratio), th.spend_ratio))
+    if ev.nps is not None and ev.nps <= th.detractor_nps:
+        out.append(Reason("detractor", ev.nps, th.detractor_nps))
+    if ev.csat is not None and ev.csat <= th.low_csat:
+        out.append(Reason("low_csat", ev.csat, th.low_csat))
+    if ev.bad_support >= th.bad_support:
+        out.append(Reason("bad_support", ev.bad_support, th.bad_support))
+    if ev.experiences >= th.bad_experiences:
+        out.append(Reason("bad_experiences", ev.experiences, th.bad_experiences))
+    if ev.p_alive is not None and ev.x > 0 and ev.p_alive < th.p_alive:
+        out.append(Reason("p_alive", _r(ev.p_alive), th.p_alive))
+    if ev.expected is not None and ev.expected < th.expected_purchases:
+        out.append(Reason("expected_purchases", _r(ev.expected), th.expected_purchases))
+    return out
+
+
+def _r(value: float) -> float:
+    return round(value, 4)
+
+
+def raw_tier(value: float, config: RiskConfig) -> Tier:
+    return TIERS[bisect.bisect_right(config.tiers.cuts(), value)]
+
+
+def tier_with_hysteresis(value: float, previous: str, config: RiskConfig) -> Tier:
+    """Up as soon as a cut is reached; down only ``hysteresis`` below it."""
+    up = raw_tier(value, config)
+    if RANK[up] >= RANK[previous]:
+        return up
+    h = config.tiers.hysteresis
+    down = TIERS[sum(value >= cut - h for cut in config.tiers.cuts())]
+    return down if RANK[down] < RANK[previous] else TIERS[RANK[previous]]
+
+
+def annuity(months: int, rate: float) -> float:
+    """Present value of 1 per month for ``months`` months at a monthly ``rate``."""
+    return sum((1.0 + rate) ** -i for i in range(1, months + 1))
+
+
+def predicted_clv(
+    state: CustomerState, ev: Evidence, config: RiskConfig, model: Model | None
+) -> float:
+    """Discounted value of the next ``clv_months`` months: purchases + subscription.
+
+    With a model, purchases follow BG/NBD and Gamma-Gamma (as ``lifetimes``); without
+    one, the customer's own spend per month so far continues.
+    """
+    months, rate = config.clv_months, config.discount_rate
+    days = state.days
+    value = 0.0
+    if days:
+        if model is not None and model.gamma_gamma is not None:
+            x = ev.x
+            mean = (state.spend - days[0].spend) / x / MONEY_UNIT if x else 0.0
+            t_x = float(days[-1].day - days[0].day)
+            value = clv(model.bgnbd, model.gamma_gamma, x, t_x, ev.age_days, mean, months, rate)
+        else:
+            value = ev.spend / max(ev.age_days / 30.0, 1.0) * annuity(months, rate)
+    if state.subscribed:
+        value += state.monthly_fee / MONEY_UNIT * annuity(months, rate)
+    return value
+
+
+def forward_cost(state: CustomerState, ev: Evidence, config: RiskConfig) -> float:
+    """Cost to serve over the CLV horizon, at the customer's own cost per month so far."""
+    if not state.cost_to_serve:
+        return 0.0
+    per_month = state.cost_to_serve / MONEY_UNIT / max(ev.age_days / 30.0, 1.0)
+    return per_month * annuity(config.clv_months, config.discount_rate)
+
+
+def assess(
+    state: CustomerState,
+    now: Micros,
+    config: RiskConfig,
+    model: Model | None,
+    window: Micros | None,
+) -> Assessment | None:
+    ev = evidence(state, now, config, model, window)
+    if ev is None:
+        return None
+    value = score(ev, config)
+    lifetime = predicted_clv(state, ev, config, model)
+    return Assessment(
+        score=value,
+        raw_tier=raw_tier(value, config),
+        reasons=reasons(ev, config, window),
+        p_alive=ev.p_alive,
+        expected=ev.expected,
+        clv=lifetime,
+        value_at_risk=value * lifetime - forward_cost(state, ev, config),
+        cancelled=ev.cancelled,
+        lapsed=ev.lapsed,
+    )
+
+
+def quick_score(
+    state: CustomerState,
+    now: Micros,
+    config: RiskConfig,
+    model: Model | None,
+    window: Micros | None,
+) -> tuple[float, bool, bool] | None:
+    """Score, whether the customer has churned (cancelled or lapsed), and whether any
+    reason holds: what the due search needs, without the value figures."""
+    ev = evidence(state, now, config, model, window)
+    if ev is None:
+        return None
+    return score(ev, config), ev.cancelled or ev.lapsed, bool(reasons(ev, config, window))
