@@ -20,6 +20,7 @@ counted twice, while their effect on state is deduplicated by event id.
 from __future__ import annotations
 
 import base64
+import bisect
 import time
 import weakref
 from collections import defaultdict
@@ -33,20 +34,24 @@ from faust.streams import Stream, _current_event
 from faust.types import EventT, StreamT
 from prometheus_client import Counter
 
+from retention.alerts import Alert, Lifecycle
 from retention.apply import apply
 from retention.calendar import Calendar
 from retention.partition import PartitionState, decode_partition, encode_partition
 from retention.periods import PeriodEngine
 from retention.state import CustomerState, decode_state, encode_state
-from retention.timeutil import DAY, SECOND, to_micros
+from retention.timeutil import DAY, SECOND, Micros, from_micros, to_micros
+from schemas.alert import AlertReason, AlertRecord, AlertSource
 from schemas.deadletter import DeadLetter
 from schemas.decode import Rejected
 from schemas.events import ClockTick, EventType, Feedback
 from streams import topics
 from streams.app import ChurnwatchApp
-from streams.partitions import partition_state_key
+from streams.partitions import due_bucket_key, partition_state_key
 
 _JSON = msgspec.json.Encoder()
+_BUCKET_ENCODER = msgspec.msgpack.Encoder()
+_BUCKET_DECODER = msgspec.msgpack.Decoder(dict[bytes, int])
 #: Events dated further ahead of the wall clock than this are rejected: one such
 #: event would move the partition's watermark into the future and make every
 #: later event look late.
@@ -81,6 +86,9 @@ class CustomerBatch:
         self.deadletter = app.deadletter_topic
         settings = app.settings
         self.periods = PeriodEngine(Calendar(settings.period), settings.window, settings.lateness)
+        self.lifecycle = Lifecycle(app.risk, app.model, settings.window)
+        self.lateness = settings.lateness
+        self.alerts_topic = app.alerts_topic
 
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
@@ -106,6 +114,9 @@ class CustomerBatch:
         wall = time.time()
         future_limit = round(wall * SECOND) + MAX_FUTURE
         touched: dict[bytes, CustomerState] = {}
+        tiers_before: dict[bytes, str | None] = {}
+        lifecycle = self.lifecycle
+        alerts: list[tuple[Alert, Any]] = []
         counts: dict[tuple[str, str], int] = defaultdict(int)
         latencies: list[float] = []
         for event in group:
@@ -149,11 +160,25 @@ class CustomerBatch:
                         pstate.customers += 1
                 else:
                     state = decode_state(raw)
+            if key not in tiers_before:
+                tiers_before[key] = _tier(state)
+            if state is not None and state.risk is not None:
+                # Time passed since the customer's last assessment: transitions due
+                # before this event happen first, with the state they were due in.
+                for alert in lifecycle.catch_up(state, at):
+                    alerts.append((alert, message))
             if not redelivered:
                 periods.extend(book, at)
                 before = periods.snapshot(book, state)
             applied = apply(state, decoded, pstate.watermark or at, self.policy)
             touched[key] = applied.state
+            if not applied.duplicate:
+                current = applied.state
+                moment = at if current.risk is None else max(at, current.risk.at)
+                change = lifecycle.step(current, moment)
+                metrics.risk_assessments["event"].inc()
+                if change is not None:
+                    alerts.append((change, message))
             # Period figures, like counters, take each message once: a redelivered one
             # was counted in the partition record that is stored before its customers.
             if not redelivered and not applied.duplicate:
@@ -175,10 +200,28 @@ class CustomerBatch:
                 if applied.late:
                     pstate.late += 1
                     counts["late", kind] += 1
+        buckets = DueBuckets(table, partition)
+        for key, state in touched.items():
+            self._schedule(buckets, pstate, key, state)
+        if pstate.watermark is not None:
+            self._process_due(
+                buckets,
+                pstate,
+                pstate.watermark - self.lateness,
+                touched,
+                tiers_before,
+                alerts,
+                group[-1].message,
+            )
+        for key, state in touched.items():
+            _move(pstate.tiers, tiers_before.get(key), _tier(state))
         # Partition record first: see the module docstring.
         table[partition_state_key(partition)] = encode_partition(pstate)
         for key, state in touched.items():
             table[key] = encode_state(state)
+        buckets.write()
+        for alert, source in alerts:
+            self._emit(alert, source)
         families: dict[str, dict[str, Counter]] = {
             "consumed": metrics.consumed,
             "valid": metrics.valid,
@@ -191,6 +234,93 @@ class CustomerBatch:
         observe = metrics.latency.observe
         for latency in latencies:
             observe(latency)
+
+    def _schedule(
+        self, buckets: DueBuckets, pstate: PartitionState, key: bytes, state: CustomerState
+    ) -> None:
+        due = self.lifecycle.schedule(state)
+        if due is not None:
+            day = due // DAY
+            buckets.add(day, key, due)
+            days = pstate.due_days
+            index = bisect.bisect_left(days, day)
+            if index == len(days) or days[index] != day:
+                days.insert(index, day)
+
+    def _process_due(
+        self,
+        buckets: DueBuckets,
+        pstate: PartitionState,
+        limit: Micros,
+        touched: dict[bytes, CustomerState],
+        tiers_before: dict[bytes, str | None],
+        alerts: list[tuple[Alert, Any]],
+        source: Any,
+    ) -> None:
+        """Re-assess every customer due by ``limit`` (the watermark less the lateness):
+        the customers who stopped doing anything. Cost: the customers due, no more."""
+        lifecycle = self.lifecycle
+        days = pstate.due_days
+        while days and days[0] <= limit // DAY:
+            day = days[0]
+            bucket = buckets.get(day)
+            for key, due in sorted(bucket.items(), key=lambda item: (item[1], item[0])):
+                if due > limit:
+                    continue
+                del bucket[key]
+                state = touched.get(key)
+                if state is None:
+                    raw = self.table.get(key)
+                    state = None if raw is None else decode_state(raw)
+                if state is None or state.risk is None or state.risk.due != due:
+                    continue  # superseded by a later event: rescheduled then
+                if key not in tiers_before:
+                    tiers_before[key] = _tier(state)
+                for alert in lifecycle.catch_up(state, limit):
+                    alerts.append((alert, source))
+                self.metrics.risk_assessments["due"].inc()
+                touched[key] = state
+                self._schedule(buckets, pstate, key, state)
+            buckets.changed(day)
+            if bucket:
+                break  # the rest of this day is not due yet
+            days.pop(0)
+
+    def _emit(self, alert: Alert, source: Any) -> None:
+        event_id = None
+        if source.topic != topics.CLOCK and source.value:
+            event_id = _event_id(source.value)
+        record = AlertRecord(
+            alert_id=f"{alert.dedup_key}-{alert.sequence}",
+            dedup_key=alert.dedup_key,
+            sequence=alert.sequence,
+            status=alert.status,
+            customer_id=alert.customer_id,
+            tier=alert.tier,
+            risk_score=alert.risk_score,
+            reasons=[
+                AlertReason(code=r.code, value=r.value, threshold=r.threshold)
+                for r in alert.reasons
+            ],
+            value_at_risk=alert.value_at_risk,
+            clv=alert.clv,
+            segment=alert.segment,
+            starts_at=from_micros(alert.starts_at),
+            at=from_micros(alert.at),
+            observed_at=datetime.now(UTC),
+            source=AlertSource(
+                topic=source.topic,
+                partition=source.partition,
+                offset=source.offset,
+                event_id=event_id,
+            ),
+        )
+        self.alerts_topic.send_soon(
+            key=alert.customer_id.encode(), value=_JSON.encode(record), partition=source.partition
+        )
+        self.metrics.alerts.labels(alert.status, alert.tier).inc()
+        for reason in alert.reasons:
+            self.metrics.alert_reasons.labels(alert.status, reason.code).inc()
 
     def _reject(
         self,
@@ -221,6 +351,78 @@ class CustomerBatch:
         self.deadletter.send_soon(
             key=message.key, value=_JSON.encode(record), partition=message.partition
         )
+
+
+class _EventId(msgspec.Struct):
+    event_id: str | None = None
+
+
+_EVENT_ID = msgspec.json.Decoder(_EventId)
+
+
+def _event_id(value: bytes) -> str | None:
+    try:
+        return _EVENT_ID.decode(value).event_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _tier(state: CustomerState | None) -> str | None:
+    return None if state is None or state.risk is None else state.risk.tier
+
+
+def _move(counts: dict[str, int], old: str | None, new: str | None) -> None:
+    if old == new:
+        return
+    if old is not None and counts.get(old):
+        counts[old] -= 1
+        if not counts[old]:
+            del counts[old]
+    if new is not None:
+        counts[new] = counts.get(new, 0) + 1
+
+
+class DueBuckets:
+    """The due-time index: per partition and UTC day, customer key -> due instant.
+
+    Stored in the customers table beside the partition record (same changelog
+    partition). Entries are never removed when a customer's due time moves: the
+    stale entry is recognised (the state's due differs) and dropped when its day
+    comes, which keeps every update a write to one bucket.
+    """
+
+    def __init__(self, table: Any, partition: int) -> None:
+        self.table = table
+        self.partition = partition
+        self.loaded: dict[int, dict[bytes, int]] = {}
+        self.dirty: set[int] = set()
+
+    def get(self, day: int) -> dict[bytes, int]:
+        bucket = self.loaded.get(day)
+        if bucket is None:
+            raw = self.table.get(due_bucket_key(self.partition, day))
+            bucket = {} if raw is None else _BUCKET_DECODER.decode(raw)
+            self.loaded[day] = bucket
+        return bucket
+
+    def add(self, day: int, key: bytes, due: int) -> None:
+        bucket = self.get(day)
+        if bucket.get(key) != due:
+            bucket[key] = due
+            self.dirty.add(day)
+
+    def changed(self, day: int) -> None:
+        self.dirty.add(day)
+
+    def write(self) -> None:
+        for day in sorted(self.dirty):
+            bucket = self.loaded[day]
+            key = due_bucket_key(self.partition, day)
+            if bucket:
+                self.table[key] = _BUCKET_ENCODER.encode(bucket)
+            elif key in self.table:
+                del self.table[key]
+        self.dirty.clear()
 
 
 def install(app: ChurnwatchApp) -> None:

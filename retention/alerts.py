@@ -34,6 +34,8 @@ from retention.risk import (
     RiskConfig,
     Tier,
     assess,
+    complete,
+    quick_assess,
     quick_score,
     raw_tier,
     tier_with_hysteresis,
@@ -86,22 +88,23 @@ class Lifecycle:
 
     def step(self, state: CustomerState, now: Micros) -> Alert | None:
         """Assess at ``now`` and apply the lifecycle; returns the alert, if any."""
-        assessment = self.assess(state, now)
+        quick = quick_assess(state, now, self.config, self.model, self.window)
         mark = state.risk
         if mark is None:
             mark = state.risk = RiskMark(at=now)
-        if assessment is None:
+        if quick is None:
             return None
-        tier = tier_with_hysteresis(assessment.score, mark.tier, self.config)
+        ev = quick.evidence
+        tier = tier_with_hysteresis(quick.score, mark.tier, self.config)
         status: Status | None = None
-        if assessment.cancelled or assessment.lapsed:
+        if ev.cancelled or ev.lapsed:
             if mark.status != "churned":
                 status = "churned"
                 if mark.status not in OPEN:
                     mark.episode = now
         elif mark.status == "churned":
             status = "resolved"
-        elif RANK[tier] >= self.alert_rank and assessment.reasons:
+        elif RANK[tier] >= self.alert_rank and quick.reasons:
             if mark.status in OPEN:
                 if mark.alerted_tier is None or RANK[tier] > RANK[mark.alerted_tier]:
                     status = "escalated"
@@ -111,18 +114,21 @@ class Lifecycle:
         elif mark.status in OPEN and RANK[tier] < self.alert_rank:
             status = "resolved"
         mark.at = now
-        mark.score = assessment.score
+        mark.score = quick.score
         mark.tier = tier
+        if status is not None:
+            if status == "resolved":
+                mark.quiet_until = now + self.cooldown
+                mark.alerted_tier = None
+            elif status in OPEN:
+                mark.alerted_tier = tier
+            mark.status = status
+            mark.sequence += 1
+        mark.due = self._due(state, mark)
         if status is None:
             return None
-        if status == "resolved":
-            mark.quiet_until = now + self.cooldown
-            mark.alerted_tier = None
-        elif status in OPEN:
-            mark.alerted_tier = tier
-        mark.status = status
-        mark.sequence += 1
         assert mark.episode is not None
+        assessment = complete(state, quick, self.config, self.model)
         return Alert(
             status=status,
             customer_id=state.customer_id,
@@ -161,16 +167,26 @@ class Lifecycle:
             and (mark.quiet_until is None or mark.quiet_until <= moment)
         )
 
-    def next_due(self, state: CustomerState, until: Micros) -> Micros | None:
-        """First instant in (mark.at, until] at which ``changes_by`` holds, or None.
+    def _due(self, state: CustomerState, mark: RiskMark) -> Micros | None:
+        """The next instant to assess this customer if nothing happens: the first
+        change within DUE_LIMIT of the last assessment, else DUE_LIMIT after it (an
+        assessment then moves the search on; nobody is ever dropped).
 
-        Risk only grows while nothing happens (recency grows, expected purchases
-        shrink), so the first crossing is found by bisection to the day, after the
-        exact instants a lapse or a cooldown end are checked.
+        A function of the state and the mark alone, so every replay schedules the
+        same assessments whatever the batching (risk mostly only grows while
+        nothing happens, but reasons can also expire, so the search is made over
+        one fixed horizon, never up to whenever the next event happens to be).
         """
-        mark = state.risk
-        if mark is None or mark.status == "churned":
+        if mark.status == "churned" or state.last_activity_at is None:
             return None
+        horizon = mark.at + DUE_LIMIT
+        found = self.next_change(state, mark, horizon)
+        return horizon if found is None else found
+
+    def next_change(self, state: CustomerState, mark: RiskMark, until: Micros) -> Micros | None:
+        """First instant in (mark.at, until] at which ``changes_by`` holds, or None:
+        the exact instants of a lapse or a cooldown end, else bisection on whole
+        days after the last assessment."""
         start = mark.at
         if until <= start or not self.changes_by(state, mark, until):
             return None
@@ -182,41 +198,32 @@ class Lifecycle:
             candidates.append(mark.quiet_until)
         exact = [c for c in sorted(candidates) if self.changes_by(state, mark, c)]
         high = min([until, *exact])
-        low = start  # changes_by(low) is false: nothing changes at the last assessment
-        # Bisect on whole days after ``start``; ``high`` itself is known to change.
-        steps = (high - low) // DAY
-        lo, hi = 0, steps
+        lo, hi = 0, (high - start) // DAY
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.changes_by(state, mark, low + (mid + 1) * DAY):
+            if self.changes_by(state, mark, start + (mid + 1) * DAY):
                 hi = mid
             else:
                 lo = mid + 1
-        found = low + (lo + 1) * DAY
+        found = start + (lo + 1) * DAY
         return found if found < high else high
 
     def catch_up(self, state: CustomerState, until: Micros) -> list[Alert]:
         """Assess at every due instant up to ``until``, in time order (no new events).
 
         Called before an event is applied and when the watermark passes a due time;
-        the common case (nothing due) costs one score.
+        the due instant is kept in the mark, so the common case costs nothing.
         """
         alerts: list[Alert] = []
-        for _ in range(16):  # each step raises the tier or churns: few steps
-            due = self.next_due(state, until)
-            if due is None:
+        mark = state.risk
+        for _ in range(64):  # due instants strictly increase; a few steps at most
+            if mark is None or mark.due is None or mark.due > until:
                 break
-            alert = self.step(state, due)
+            alert = self.step(state, mark.due)
             if alert is not None:
                 alerts.append(alert)
         return alerts
 
     def schedule(self, state: CustomerState) -> Micros | None:
-        """Compute and store the next due instant after the last assessment."""
-        mark = state.risk
-        if mark is None:
-            return None
-        mark.due = self.next_due(state, mark.at + DUE_LIMIT)
-        if mark.due is None and mark.status != "churned" and state.last_activity_at is not None:
-            mark.due = mark.at + DUE_LIMIT  # look again then; nothing is ever dropped
-        return mark.due
+        """The customer's next due instant (computed by the last assessment)."""
+        return None if state.risk is None else state.risk.due

@@ -44,6 +44,10 @@ class PartitionState(msgspec.Struct, kw_only=True):
     ticks: int = 0
     offsets: dict[str, int] = msgspec.field(default_factory=dict)
     periods: PeriodBook = msgspec.field(default_factory=PeriodBook)
+    #: UTC days that have a bucket of customers due for re-assessment (sorted).
+    due_days: list[int] = msgspec.field(default_factory=list)
+    #: Customers by risk tier as of their last assessment.
+    tiers: dict[str, int] = msgspec.field(default_factory=dict)
 
     def observe(self, topic: str, moment: Micros, inputs: int) -> None:
         """An event of ``topic`` (one of ``inputs`` input topics) at ``moment`` was applied."""

@@ -19,6 +19,7 @@ clock.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -208,7 +209,10 @@ def evidence(
         split = bisect.bisect_left(days, -(-recent_from // DAY), key=lambda d: d.day)
         base, recent = days[:split], days[split:]
         span = (recent_from - days[0].day * DAY) / DAY
-        if len(base) >= 2 and span >= config.recent_days:
+        # Only for a customer still buying: one who stopped altogether is recency's
+        # case, and counting them here too would let the weight of a slowdown
+        # (fitted on customers who slow down) rank them against one-time buyers.
+        if recent and len(base) >= 2 and span >= config.recent_days:
             expected_recent = len(base) / span * config.recent_days
             frequency_ratio = len(recent) / expected_recent
         if base and recent:
@@ -279,10 +283,16 @@ def score(ev: Evidence, config: RiskConfig) -> float:
     if ev.cancelled:
         return 1.0
     weights = weights_for(ev, config)
-    z = weights.intercept + math.fsum(
-        w * f for w, f in zip(weights.vector(), features(ev, config), strict=True)
-    )
+    z = weights.intercept
+    for w, f in zip(_vector(weights), features(ev, config), strict=True):
+        z += w * f
     return _sigmoid(z)
+
+
+@functools.lru_cache(maxsize=64)
+def _vector(weights: Weights) -> tuple[float, ...]:
+    """Weights in FEATURES order, computed once per weight set (scores run per event)."""
+    return weights.vector()
 
 
 def _sigmoid(z: float) -> float:
@@ -376,6 +386,45 @@ def forward_cost(state: CustomerState, ev: Evidence, config: RiskConfig) -> floa
     return per_month * annuity(config.clv_months, config.discount_rate)
 
 
+class Quick(msgspec.Struct, kw_only=True):
+    """Score and reasons without the value figures (CLV costs ~100x more)."""
+
+    evidence: Evidence
+    score: float
+    reasons: list[Reason]
+
+
+def quick_assess(
+    state: CustomerState,
+    now: Micros,
+    config: RiskConfig,
+    model: Model | None,
+    window: Micros | None,
+) -> Quick | None:
+    ev = evidence(state, now, config, model, window)
+    if ev is None:
+        return None
+    return Quick(evidence=ev, score=score(ev, config), reasons=reasons(ev, config, window))
+
+
+def complete(
+    state: CustomerState, quick: Quick, config: RiskConfig, model: Model | None
+) -> Assessment:
+    ev = quick.evidence
+    lifetime = predicted_clv(state, ev, config, model)
+    return Assessment(
+        score=quick.score,
+        raw_tier=raw_tier(quick.score, config),
+        reasons=quick.reasons,
+        p_alive=ev.p_alive,
+        expected=ev.expected,
+        clv=lifetime,
+        value_at_risk=quick.score * lifetime - forward_cost(state, ev, config),
+        cancelled=ev.cancelled,
+        lapsed=ev.lapsed,
+    )
+
+
 def assess(
     state: CustomerState,
     now: Micros,
@@ -383,22 +432,8 @@ def assess(
     model: Model | None,
     window: Micros | None,
 ) -> Assessment | None:
-    ev = evidence(state, now, config, model, window)
-    if ev is None:
-        return None
-    value = score(ev, config)
-    lifetime = predicted_clv(state, ev, config, model)
-    return Assessment(
-        score=value,
-        raw_tier=raw_tier(value, config),
-        reasons=reasons(ev, config, window),
-        p_alive=ev.p_alive,
-        expected=ev.expected,
-        clv=lifetime,
-        value_at_risk=value * lifetime - forward_cost(state, ev, config),
-        cancelled=ev.cancelled,
-        lapsed=ev.lapsed,
-    )
+    quick = quick_assess(state, now, config, model, window)
+    return None if quick is None else complete(state, quick, config, model)
 
 
 def quick_score(

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.alert import AlertRecord
 from schemas.deadletter import DeadLetter
 from schemas.events import EVENT_STRUCTS, ClockTick
 
@@ -73,6 +74,13 @@ def generate() -> dict[str, dict[str, Any]]:
         "deadletter",
         "A rejected input on churnwatch.deadletter: reason, detail, source coordinates "
         "and the original key and value, base64-encoded.",
+    )
+    files["alert.json"] = _schema(
+        AlertRecord,
+        "alert",
+        "A churn-risk alert on churnwatch.alerts (key: customer_id). Upsert on "
+        "(dedup_key, sequence); `starts_at` is the episode's start and `at` the "
+        "transition's time, both event time; `observed_at` is processing time.",
     )
     return files
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import faust
 
+from retention.model import Model, load_model
+from retention.risk import RiskConfig, load_risk_config
 from schemas.decode import EventDecoder
 from streams import topics
 from streams.metrics import PipelineMetrics
@@ -35,6 +37,9 @@ class ChurnwatchApp(faust.App):
     inputs: faust.TopicT
     clock_topic: faust.TopicT
     deadletter_topic: faust.TopicT
+    alerts_topic: faust.TopicT
+    model: Model | None
+    risk: RiskConfig
 
 
 def faust_config(settings: Settings) -> dict[str, Any]:
@@ -71,6 +76,10 @@ def create_app(settings: Settings) -> ChurnwatchApp:
     app = ChurnwatchApp(settings.app_id, **faust_config(settings))
     app.settings = settings
     app.decoder = EventDecoder(settings.max_event_bytes)
+    # Loaded once, before any agent starts: a bad file stops the worker at launch
+    # with the file's name and problem, not at the first event.
+    app.model = load_model(settings.model) if settings.model else None
+    app.risk = load_risk_config(settings.risk or None)
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,
@@ -80,6 +89,7 @@ def create_app(settings: Settings) -> ChurnwatchApp:
     app.inputs = app.topic(*topics.CONSUMED_TOPICS, partitions=settings.partitions, **raw)
     app.clock_topic = app.topic(topics.CLOCK, partitions=settings.partitions, **raw)
     app.deadletter_topic = app.topic(topics.DEADLETTER, partitions=settings.partitions, **raw)
+    app.alerts_topic = app.topic(topics.ALERTS, partitions=settings.partitions, **raw)
     app.customers = app.Table(
         topics.CUSTOMERS_TABLE,
         key_type=bytes,

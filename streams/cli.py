@@ -7,7 +7,7 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +20,10 @@ from streams import topics
 from streams.inputs import Format, read_events
 from streams.replay import Order
 from streams.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from retention.model import Model
+    from retention.risk import RiskConfig
 
 app = typer.Typer(
     help="churnwatch: real-time customer retention and churn risk on Kafka.",
@@ -173,12 +177,27 @@ def replay(
         str | None,
         typer.Option(help="Use this (empty, dedicated) Kafka instead of the embedded broker"),
     ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="BG/NBD parameters from `churnwatch fit` for the workers"),
+    ] = None,
+    risk: Annotated[
+        Path | None, typer.Option("--risk", help="Risk configuration (default: calibrated)")
+    ] = None,
+    alerts_out: Annotated[
+        Path | None, typer.Option("--alerts", help="Write every alert emitted (JSON Lines)")
+    ] = None,
 ) -> None:
     """Replay a history through the broker and workers; write per-customer results."""
+    from retention.alerts import Lifecycle
     from streams.replay import replay as run_replay
+    from streams.risk_view import risk_fields
 
     cut = _time(as_of, "--as-of")
-    base = _settings()
+    base = _settings(
+        model=None if model is None else str(model), risk=None if risk is None else str(risk)
+    )
+    lifecycle = Lifecycle(*_risk_setup(base), base.window)
     with _progress() as bar:
         published = bar.add_task("published", total=None)
         lag = bar.add_task("lag", total=None, visible=False)
@@ -206,8 +225,16 @@ def replay(
         customers_out.parent.mkdir(parents=True, exist_ok=True)
         with customers_out.open("w") as handle:
             for customer_id in sorted(result.customers):
-                line = customer_summary(result.customers[customer_id], cut, window)
+                state = result.customers[customer_id]
+                line = customer_summary(state, cut, window)
+                line.update(risk_fields(state, cut, lifecycle))
                 handle.write(json.dumps(line, separators=(",", ":")) + "\n")
+    if alerts_out is not None:
+        alerts_out.parent.mkdir(parents=True, exist_ok=True)
+        with alerts_out.open("w") as handle:
+            for alert in result.alerts:
+                handle.write(json.dumps(alert, separators=(",", ":")) + "\n")
+        console.print(f"wrote {len(result.alerts):,} alerts to {alerts_out}")
     events = result.events
     if report_out is not None:
         from retention.calendar import Calendar
@@ -233,12 +260,261 @@ def replay(
         "skipped (at or after --as-of)": f"{result.published.skipped_as_of:,}",
         "processing": f"{result.processing_seconds:.1f}s",
         "throughput": f"{result.rate:,.0f} events/s",
+        "alerts": f"{len(result.alerts):,}",
     }
     for key, value in rows.items():
         table.add_row(key, value)
     Console().print(table)
     if customers_out is not None:
         console.print(f"wrote {len(result.customers):,} customers to {customers_out}")
+
+
+@app.command()
+def fit(
+    file: Annotated[Path, typer.Argument(help="Events file", exists=True, dir_okay=False)],
+    as_of: Annotated[str, typer.Option("--as-of", help="End of the history to fit, RFC 3339")],
+    out: Annotated[Path, typer.Option("--out", help="Write the model parameters (JSON) here")],
+    fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or cdnow")] = "auto",
+) -> None:
+    """Fit BG/NBD and Gamma-Gamma to the purchases before --as-of; write the parameters."""
+    import time
+
+    from retention.fit import FitError
+    from retention.model import ModelError, dump_model
+    from streams.fitting import detect_format, fit_file
+
+    cut = _time(as_of, "--as-of")
+    file_format = detect_format(file) if fmt == "auto" else _format(fmt)
+    started = time.perf_counter()
+    try:
+        with _progress() as bar:
+            task = bar.add_task("reading", total=None)
+            model = fit_file(
+                file,
+                file_format,
+                cut,
+                settings=_settings(),
+                progress=lambda n: bar.update(task, completed=n),
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(dump_model(model))
+    except (FitError, ModelError, ValueError, OSError) as exc:
+        console.print(f"[red]fit failed:[/] {exc}")
+        raise typer.Exit(2) from None
+    seconds = time.perf_counter() - started
+    table = Table(title=f"model as of {model.as_of} ({file_format})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    bg, gg = model.bgnbd, model.gamma_gamma
+    rows = {
+        "BG/NBD r, alpha, a, b": f"{bg.r:.6g}, {bg.alpha:.6g}, {bg.a:.6g}, {bg.b:.6g}",
+        "Gamma-Gamma p, q, v": (
+            f"{gg.p:.6g}, {gg.q:.6g}, {gg.v:.6g}" if gg else f"none ({model.gamma_gamma_error})"
+        ),
+        "customers": f"{model.customers:,}",
+        "repeat customers": f"{model.repeat_customers:,}",
+        "events (rejected)": f"{model.events:,} ({model.rejected_events:,})",
+        "log-likelihood": "-" if model.log_likelihood is None else f"{model.log_likelihood:,.2f}",
+        "seconds": f"{seconds:.1f}",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    Console().print(table)
+    console.print(f"wrote {out}")
+
+
+def _risk_setup(settings: Settings) -> tuple[RiskConfig, Model | None]:
+    """The risk configuration and model the workers will load, checked up front."""
+    from retention.model import ModelError, load_model
+    from retention.risk import RiskConfigError, load_risk_config
+
+    try:
+        model = load_model(settings.model) if settings.model else None
+        config = load_risk_config(settings.risk or None)
+    except (ModelError, RiskConfigError) as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+    return config, model
+
+
+@app.command()
+def calibrate(
+    file: Annotated[Path, typer.Argument(help="Events file", exists=True, dir_okay=False)],
+    as_of: Annotated[str, typer.Option("--as-of", help="Cut-off: features before, outcome after")],
+    out: Annotated[Path, typer.Option("--out", help="Write the risk configuration (JSON) here")],
+    fit_features: Annotated[
+        str,
+        typer.Option(
+            "--fit",
+            help="Comma-separated weights to fit (intercept, recency, frequency, spend, "
+            "expected, frequency_drop, spend_drop, experiences, detractor, low_csat); "
+            "the others keep their --base values",
+        ),
+    ] = "intercept,recency,frequency,spend,expected",
+    base_config: Annotated[
+        Path | None, typer.Option("--base", help="Start from this configuration")
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="BG/NBD parameters: also fit the with-model weights"),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or cdnow")] = "auto",
+) -> None:
+    """Fit the risk score's weights: outcome = no purchase in horizon_days after --as-of."""
+    from retention.calibrate import CalibrationError
+    from retention.risk import RiskConfig, dump_risk_config
+    from streams.calibration import calibrate_file
+    from streams.fitting import detect_format
+
+    cut = _time(as_of, "--as-of")
+    settings = _settings()
+    loaded_model = None
+    if model is not None:
+        from retention.model import ModelError, load_model
+
+        try:
+            loaded_model = load_model(model)
+        except ModelError as exc:
+            console.print(f"[red]configuration error:[/] {exc}")
+            raise typer.Exit(2) from None
+    base = RiskConfig()
+    if base_config is not None:
+        base = _risk_setup(settings.replace(risk=str(base_config)))[0]
+    file_format = detect_format(file) if fmt == "auto" else _format(fmt)
+    names = [n.strip() for n in fit_features.split(",") if n.strip()]
+    try:
+        with _progress() as bar:
+            task = bar.add_task("reading", total=None)
+            config = calibrate_file(
+                file,
+                file_format,
+                cut,
+                base,
+                names,
+                loaded_model,
+                settings,
+                progress=lambda n: bar.update(task, completed=n),
+            )
+    except (CalibrationError, ValueError, OSError) as exc:
+        console.print(f"[red]calibration failed:[/] {exc}")
+        raise typer.Exit(2) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(dump_risk_config(config))
+    table = Table(title=f"risk weights fitted on {file.name} as of {from_micros(cut).isoformat()}")
+    table.add_column("weight")
+    table.add_column("plain", justify="right")
+    table.add_column("with model", justify="right")
+    for name in ("intercept", *type(config.plain).__struct_fields__[1:]):
+        table.add_row(
+            name, f"{getattr(config.plain, name):+.4f}", f"{getattr(config.with_model, name):+.4f}"
+        )
+    Console().print(table)
+    for step in config.provenance.get("steps", [])[-2:]:
+        console.print(
+            f"{step['weights']}: {step['customers']:,} customers, "
+            f"{step['positives']:,} without a purchase in {step['horizon_days']:g} days, "
+            f"ROC AUC {step['roc_auc']:.4f} (in sample)"
+        )
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def backtest(
+    file: Annotated[Path, typer.Argument(help="Events file", exists=True, dir_okay=False)],
+    calibration_end: Annotated[
+        str, typer.Option("--calibration-end", help="Scores are taken at this time (RFC 3339)")
+    ],
+    holdout_end: Annotated[
+        str, typer.Option("--holdout-end", help="Outcome: no purchase before this time")
+    ],
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="BG/NBD parameters (default: fitted on the calibration)"),
+    ] = None,
+    risk: Annotated[
+        Path | None, typer.Option("--risk", help="Risk configuration (default: calibrated)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the results (JSON)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or cdnow")] = "auto",
+    partitions: Annotated[int, typer.Option(help="Partitions per topic")] = 4,
+    workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
+) -> None:
+    """Replay the calibration period through the pipeline; score against the holdout."""
+    import msgspec
+
+    from streams.backtest import backtest as run_backtest
+    from streams.fitting import detect_format
+
+    start, end = _time(calibration_end, "--calibration-end"), _time(holdout_end, "--holdout-end")
+    settings = _settings(
+        model=None if model is None else str(model), risk=None if risk is None else str(risk)
+    )
+    _risk_setup(settings)
+    file_format = detect_format(file) if fmt == "auto" else _format(fmt)
+    try:
+        result = run_backtest(
+            file,
+            file_format,
+            start,
+            end,
+            model_path=model,
+            risk_path=risk,
+            partitions=partitions,
+            workers=workers,
+            base=settings,
+            stage=lambda text: console.print(f"[dim]» {text}[/]"),
+        )
+    except ValueError as exc:
+        console.print(f"[red]backtest failed:[/] {exc}")
+        raise typer.Exit(2) from None
+    data = msgspec.to_builtins(result)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=2) + "\n")
+    _print_backtest(data)
+    if out is not None:
+        console.print(f"wrote {out}")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _print_backtest(data: dict[str, Any]) -> None:
+    title = (
+        f"backtest: scores at {data['calibration_end']}, no purchase until "
+        f"{data['holdout_end']} ({data['churners']:,} of {data['customers']:,} customers)"
+    )
+    table = Table(title=title)
+    table.add_column("ranking")
+    table.add_column("ROC AUC", justify="right")
+    table.add_column("precision, top 10%", justify="right")
+    risk = data["risk_score"]
+    table.add_row("risk score", _pct(risk["roc_auc"]), _pct(risk["precision_top_10pct"]))
+    table.add_row("value at risk", "", _pct(risk["precision_top_10pct_by_value_at_risk"]))
+    names = {
+        "recency_days": "days since last purchase",
+        "bgnbd_expected_purchases": "BG/NBD expected purchases",
+    }
+    for key, figures in data["baselines"].items():
+        table.add_row(
+            names.get(key, key), _pct(figures["roc_auc"]), _pct(figures["precision_top_10pct"])
+        )
+    Console().print(table)
+    tiers = Table(title="tiers")
+    for column in ("tier", "customers", "precision", "recall", "precision >=", "recall >="):
+        tiers.add_column(column, justify="right")
+    for tier, figures in risk["tiers"].items():
+        above = figures["at_or_above"]
+        tiers.add_row(
+            tier,
+            f"{figures['customers']:,}",
+            _pct(figures["precision"]),
+            _pct(figures["recall"]),
+            _pct(above["precision"]),
+            _pct(above["recall"]),
+        )
+    Console().print(tiers)
 
 
 @app.command()

@@ -206,6 +206,27 @@ class PipelineMetrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=self.registry,
         )
+        self.alerts = Counter(
+            "churnwatch_alerts",
+            "Churn-risk alerts emitted, by status and tier",
+            ["status", "tier"],
+            registry=self.registry,
+        )
+        self.alert_reasons = Counter(
+            "churnwatch_alert_reasons",
+            "Reasons carried by emitted alerts, by status and reason code",
+            ["status", "reason"],
+            registry=self.registry,
+        )
+        self.risk_assessments = _children(
+            Counter(
+                "churnwatch_risk_assessments",
+                "Risk assessments made, by trigger (an event, or a due time passing)",
+                ["trigger"],
+                registry=self.registry,
+            ),
+            ("event", "due"),
+        )
         self.registry.register(PartitionCollector(partitions))
 
 

@@ -20,8 +20,17 @@ def partition_state_key(partition: int) -> bytes:
     return b"\x00partition/%d" % partition
 
 
+def due_bucket_key(partition: int, day: int) -> bytes:
+    """Customers of ``partition`` due for re-assessment on UTC ``day`` (see agents)."""
+    return b"\x00due/%d/%d" % (partition, day)
+
+
 def is_customer_key(key: bytes) -> bool:
     return not key.startswith(b"\x00")
+
+
+def is_partition_key(key: bytes) -> bool:
+    return key.startswith(b"\x00partition/")
 
 
 def assigned_partitions(app: faust.App) -> list[int]:

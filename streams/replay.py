@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -30,8 +30,13 @@ from schemas.events import ClockTick
 from streams import topics
 from streams.broker import EmbeddedBroker
 from streams.inputs import Format, Record, read_events
-from streams.kafka_admin import create_topics, read_latest_by_key, wait_for_zero_lag
-from streams.partitions import is_customer_key
+from streams.kafka_admin import (
+    create_topics,
+    read_all,
+    read_latest_by_key,
+    wait_for_zero_lag,
+)
+from streams.partitions import is_customer_key, is_partition_key
 from streams.produce import PublishStats, publish
 from streams.settings import Settings
 from streams.workers import WorkerProcess, free_port, local_settings
@@ -54,6 +59,8 @@ class ReplayResult:
     processing_seconds: float
     settings: Settings
     timings: dict[str, float] = field(default_factory=dict)
+    #: Every record on churnwatch.alerts, decoded, in (partition, offset) order.
+    alerts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def events(self) -> dict[str, int]:
@@ -134,7 +141,7 @@ async def collect(
         if is_customer_key(key):
             state = decode_state(value)
             customers[state.customer_id] = state
-        else:
+        elif is_partition_key(key):
             partitions.append(decode_partition(value))
     partitions.sort(key=lambda p: p.partition)
     return customers, partitions
@@ -223,6 +230,8 @@ def replay(
         asyncio.run(wait_for_zero_lag(bootstrap, settings.app_id, [topics.CLOCK], timeout=120))
         stage("collecting state from the changelog")
         customers, parts = asyncio.run(collect(bootstrap, settings.app_id))
+        records = asyncio.run(read_all(bootstrap, topics.ALERTS))
+        alerts = [msgspec.json.decode(r.value) for r in records if r.value]
         return ReplayResult(
             as_of=as_of,
             customers=customers,
@@ -231,5 +240,6 @@ def replay(
             processing_seconds=processing,
             settings=settings,
             timings=timings,
+            alerts=alerts,
         )
     raise AssertionError("unreachable")  # pragma: no cover

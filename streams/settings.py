@@ -61,6 +61,10 @@ class Settings:
     commit_interval: float = 1.0
     standby_replicas: int = 1
     log_level: str = "warning"
+    #: BG/NBD + Gamma-Gamma parameters from ``churnwatch fit`` ("" = score without).
+    model: str = ""
+    #: Risk weights, thresholds and tiers (JSON); "" = the calibrated defaults.
+    risk: str = ""
 
     def __post_init__(self) -> None:
         _duration("activity_window", self.activity_window, allow_none=True)

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -38,6 +39,7 @@ class Harness:
     app: ChurnwatchApp
     channel: Any
     dead: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
     changelog: list[tuple[int | None, bytes]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -95,6 +97,11 @@ async def harness(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
             h.dead.append({**msgspec.json.decode(value), "_partition": partition})
 
         monkeypatch.setattr(app.deadletter_topic, "send_soon", dead_letter)
+
+        def alert(*, key: bytes | None, value: bytes, partition: int) -> None:
+            h.alerts.append({**msgspec.json.decode(value), "_partition": partition})
+
+        monkeypatch.setattr(app.alerts_topic, "send_soon", alert)
         original = app.customers.send_changelog
 
         def spy(partition: int | None, key: Any, value: Any, *args: Any, **kw: Any) -> Any:
@@ -178,12 +185,16 @@ async def test_writes_go_to_the_changelog_partition_of_the_input(harness: Harnes
     await harness.send(topics.PURCHASES, event("purchase", "a", "c1", amount=1), b"c1", 2)
     await harness.send(topics.PURCHASES, event("purchase", "b", "c9", amount=1), b"c9", 3)
     await harness.settle()
-    assert set(harness.changelog) == {
+    # Customer states, partition records and due-time buckets (b"\x00due/<p>/<day>")
+    # all go to the changelog partition of the input partition they belong to.
+    assert {(p, k) for p, k in harness.changelog if not k.startswith(b"\x00due/")} == {
         (2, partition_state_key(2)),
         (2, b"c1"),
         (3, partition_state_key(3)),
         (3, b"c9"),
     }
+    buckets = {(p, k) for p, k in harness.changelog if k.startswith(b"\x00due/")}
+    assert buckets and all(k.startswith(b"\x00due/%d/" % p) for p, k in buckets)
     # The partition record is written before the customers of its batch.
     order = [key for partition, key in harness.changelog if partition == 2]
     assert order.index(partition_state_key(2)) < order.index(b"c1")
@@ -212,3 +223,54 @@ async def test_many_events_in_one_batch_write_each_customer_once(harness: Harnes
     assert sorted(set(customer_writes)) == [b"c0", b"c1", b"c2", b"c3"]
     assert len(customer_writes) < 40
     assert sum(harness.customer(f"c{i}").purchases for i in range(4)) == 40
+
+
+def day(n: int) -> str:
+    return (datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=n)).isoformat()
+
+
+async def test_a_customer_who_stops_buying_is_alerted_in_event_time(harness: Harness) -> None:
+    for n in range(8):  # weekly purchases, then nothing
+        await harness.send(
+            topics.PURCHASES, event("purchase", f"w{n}", amount=30, occurred_at=day(7 * n))
+        )
+    await harness.send(topics.CLOCK, b'{"time": "%s"}' % day(50).encode(), key=None)
+    await harness.settle()
+    assert harness.alerts == []  # a regular buyer, a week after their last purchase
+    assert harness.partition().tiers == {"low": 1}
+    tick = b'{"time": "%s"}' % day(300).encode()
+    await harness.send(topics.CLOCK, tick, key=None)
+    await harness.settle()
+    statuses = [a["status"] for a in harness.alerts]
+    # With the calibrated defaults a steady buyer who stops may lapse before the
+    # score reaches the alerting tier: then the one alert is "churned".
+    assert statuses[-1] == "churned" and set(statuses[:-1]) <= {"firing", "escalated"}
+    assert [a["sequence"] for a in harness.alerts] == list(range(1, len(statuses) + 1))
+    assert len({a["dedup_key"] for a in harness.alerts}) == 1
+    first = harness.alerts[0]
+    # Fired when the risk crossed the cut, in event time, not when the tick came.
+    assert day(49) < first["starts_at"] < day(200) and first["source"]["topic"] == topics.CLOCK
+    assert {r["code"] for r in first["reasons"]} >= {"overdue"}
+    assert all(r["value"] >= r["threshold"] for r in first["reasons"] if r["code"] == "overdue")
+    churned = harness.alerts[-1]
+    assert churned["at"] == day(49 + 90).replace("+00:00", "Z")  # the 90-day window ends
+    assert {"lapsed", "overdue"} <= {r["code"] for r in churned["reasons"]}
+    assert harness.counter("churnwatch_alerts_total", status="churned", tier=churned["tier"]) == 1
+    assert harness.counter("churnwatch_alert_reasons_total", status="churned", reason="lapsed")
+    # A redelivered tick changes nothing.
+    count = len(harness.alerts)
+    await harness.send(topics.CLOCK, tick, key=None, offset=1)
+    await harness.settle()
+    assert len(harness.alerts) == count
+    # The customer comes back: the episode is resolved.
+    await harness.send(topics.PURCHASES, event("purchase", "back", amount=30, occurred_at=day(301)))
+    await harness.settle()
+    back = harness.alerts[-1]
+    assert back["status"] == "resolved" and back["dedup_key"] == first["dedup_key"]
+    assert back["source"] == {
+        "topic": topics.PURCHASES,
+        "partition": 0,
+        "offset": 8,
+        "event_id": "back",
+    }
+    assert harness.customer("c1").risk is not None
