@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools demo test lint typecheck unit agent integration schemas bench replay-cdnow clean
+.PHONY: help install tools demo test lint typecheck unit agent integration schemas bench replay-cdnow backtest-cdnow calibrate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +57,28 @@ replay-cdnow: $(STAMP) ## Replay the CDNOW purchase log (writes out/cdnow-custom
 	$(BIN)/churnwatch replay "$$($(BIN)/python -c 'import lifetimes,os;print(os.path.join(os.path.dirname(lifetimes.__file__),"datasets","CDNOW_master.txt"))')" \
 	  --format cdnow --as-of 1998-07-01T00:00:00Z --customers out/cdnow-customers.jsonl \
 	  --report out/cdnow-report.json
+
+CDNOW = "$$($(BIN)/python -c 'import lifetimes,os;print(os.path.join(os.path.dirname(lifetimes.__file__),"datasets","CDNOW_master.txt"))')"
+
+backtest-cdnow: $(STAMP) ## Backtest the risk score on CDNOW (scores at 1997-10-01, holdout to 1998-07-01)
+	$(BIN)/churnwatch backtest $(CDNOW) --format cdnow --calibration-end 1997-10-01T00:00:00Z \
+	  --holdout-end 1998-07-01T00:00:00Z --out out/cdnow-backtest.json
+
+calibrate: $(STAMP) ## Re-make retention/risk_defaults.json (CDNOW behaviour + generated feedback)
+	mkdir -p out/calibration
+	$(BIN)/churnwatch fit $(CDNOW) --format cdnow --as-of 1997-06-01T00:00:00Z \
+	  --out out/calibration/cdnow-model.json
+	$(BIN)/churnwatch calibrate $(CDNOW) --format cdnow --as-of 1997-06-01T00:00:00Z \
+	  --model out/calibration/cdnow-model.json --fit intercept,recency,frequency,spend,expected \
+	  --out out/calibration/behaviour.json
+	$(BIN)/churnwatch generate --out out/calibration/synthetic.jsonl --customers 5000 \
+	  --days 540 --seed 11 --end 2025-01-01T00:00:00Z --clean
+	$(BIN)/churnwatch fit out/calibration/synthetic.jsonl --as-of 2024-09-01T00:00:00Z \
+	  --out out/calibration/synthetic-model.json
+	$(BIN)/churnwatch calibrate out/calibration/synthetic.jsonl --as-of 2024-09-01T00:00:00Z \
+	  --base out/calibration/behaviour.json --model out/calibration/synthetic-model.json \
+	  --fit frequency_drop,spend_drop,experiences,detractor,low_csat \
+	  --out retention/risk_defaults.json
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
