@@ -39,12 +39,23 @@ BrokerOpt = Annotated[
 ]
 
 
+RiskOpt = Annotated[
+    Path | None, typer.Option("--risk", help="Risk configuration (default: calibrated)")
+]
+FormatOpt = Annotated[str, typer.Option("--format", help="auto, jsonl or cdnow")]
+
+
 def _settings(**overrides: object) -> Settings:
     try:
         return Settings.from_env(None, **overrides)
     except SettingsError as exc:
         console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2) from None
+
+
+def _paths(**paths: Path | None) -> dict[str, str | None]:
+    """Path options as settings overrides (None: keep the environment's value)."""
+    return {name: None if path is None else str(path) for name, path in paths.items()}
 
 
 def _time(text: str, option: str) -> int:
@@ -181,9 +192,7 @@ def replay(
         Path | None,
         typer.Option("--model", help="BG/NBD parameters from `churnwatch fit` for the workers"),
     ] = None,
-    risk: Annotated[
-        Path | None, typer.Option("--risk", help="Risk configuration (default: calibrated)")
-    ] = None,
+    risk: RiskOpt = None,
     alerts_out: Annotated[
         Path | None, typer.Option("--alerts", help="Write every alert emitted (JSON Lines)")
     ] = None,
@@ -194,9 +203,7 @@ def replay(
     from streams.risk_view import risk_fields
 
     cut = _time(as_of, "--as-of")
-    base = _settings(
-        model=None if model is None else str(model), risk=None if risk is None else str(risk)
-    )
+    base = _settings(**_paths(model=model, risk=risk))
     lifecycle = Lifecycle(*_risk_setup(base), base.window)
     with _progress() as bar:
         published = bar.add_task("published", total=None)
@@ -274,7 +281,7 @@ def fit(
     file: Annotated[Path, typer.Argument(help="Events file", exists=True, dir_okay=False)],
     as_of: Annotated[str, typer.Option("--as-of", help="End of the history to fit, RFC 3339")],
     out: Annotated[Path, typer.Option("--out", help="Write the model parameters (JSON) here")],
-    fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or cdnow")] = "auto",
+    fmt: FormatOpt = "auto",
 ) -> None:
     """Fit BG/NBD and Gamma-Gamma to the purchases before --as-of; write the parameters."""
     import time
@@ -358,7 +365,7 @@ def calibrate(
         Path | None,
         typer.Option("--model", help="BG/NBD parameters: also fit the with-model weights"),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or cdnow")] = "auto",
+    fmt: FormatOpt = "auto",
 ) -> None:
     """Fit the risk score's weights: outcome = no purchase in horizon_days after --as-of."""
     from retention.calibrate import CalibrationError
@@ -431,11 +438,9 @@ def backtest(
         Path | None,
         typer.Option("--model", help="BG/NBD parameters (default: fitted on the calibration)"),
     ] = None,
-    risk: Annotated[
-        Path | None, typer.Option("--risk", help="Risk configuration (default: calibrated)")
-    ] = None,
+    risk: RiskOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the results (JSON)")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="auto, jsonl or cdnow")] = "auto",
+    fmt: FormatOpt = "auto",
     partitions: Annotated[int, typer.Option(help="Partitions per topic")] = 4,
     workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
 ) -> None:
@@ -446,9 +451,7 @@ def backtest(
     from streams.fitting import detect_format
 
     start, end = _time(calibration_end, "--calibration-end"), _time(holdout_end, "--holdout-end")
-    settings = _settings(
-        model=None if model is None else str(model), risk=None if risk is None else str(risk)
-    )
+    settings = _settings(**_paths(model=model, risk=risk))
     _risk_setup(settings)
     file_format = detect_format(file) if fmt == "auto" else _format(fmt)
     try:
