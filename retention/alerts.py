@@ -30,13 +30,13 @@ from retention.model import Model
 from retention.risk import (
     RANK,
     Assessment,
+    Probe,
     Reason,
     RiskConfig,
     Tier,
     assess,
     complete,
     quick_assess,
-    quick_score,
     raw_tier,
     tier_with_hysteresis,
 )
@@ -144,13 +144,17 @@ class Lifecycle:
             dedup_key=dedup_key(state.customer_id, mark.episode),
         )
 
-    def changes_by(self, state: CustomerState, mark: RiskMark, moment: Micros) -> bool:
+    def changes_by(
+        self, state: CustomerState, mark: RiskMark, moment: Micros, probe: Probe | None = None
+    ) -> bool:
         """Would an assessment at ``moment`` (no new events) differ from ``mark``?
 
         Differ means: a higher tier, a lapse, or an alert that would now fire (the
         tier is high enough, evidence has appeared, no cooldown holds it back).
         """
-        quick = quick_score(state, moment, self.config, self.model, self.window)
+        if probe is None:
+            probe = Probe(state, self.config, self.model, self.window)
+        quick = probe(moment)
         if quick is None:
             return False
         value, churned, explained = quick
@@ -188,7 +192,8 @@ class Lifecycle:
         the exact instants of a lapse or a cooldown end, else bisection on whole
         days after the last assessment."""
         start = mark.at
-        if until <= start or not self.changes_by(state, mark, until):
+        probe = Probe(state, self.config, self.model, self.window)
+        if until <= start or not self.changes_by(state, mark, until, probe):
             return None
         candidates = []
         lapse = state.lapse_at(self.window)
@@ -196,12 +201,12 @@ class Lifecycle:
             candidates.append(lapse)
         if mark.quiet_until is not None and start < mark.quiet_until <= until:
             candidates.append(mark.quiet_until)
-        exact = [c for c in sorted(candidates) if self.changes_by(state, mark, c)]
+        exact = [c for c in sorted(candidates) if self.changes_by(state, mark, c, probe)]
         high = min([until, *exact])
         lo, hi = 0, (high - start) // DAY
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.changes_by(state, mark, start + (mid + 1) * DAY):
+            if self.changes_by(state, mark, start + (mid + 1) * DAY, probe):
                 hi = mid
             else:
                 lo = mid + 1

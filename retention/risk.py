@@ -449,3 +449,129 @@ def quick_score(
     if ev is None:
         return None
     return score(ev, config), ev.cancelled or ev.lapsed, bool(reasons(ev, config, window))
+
+
+class Probe:
+    """``quick_score`` of one unchanging state at many instants, for the due search.
+
+    The search asks the same customer about a dozen instants per event, which made
+    scoring most of a worker's time. What does not depend on the instant (rhythm,
+    totals, latest feedback, the constant terms of the score) is computed once
+    here; the rest follows ``evidence``/``score``/``reasons`` operation for
+    operation, so the result is the same float, not merely a close one
+    (tests/unit/test_risk.py compares them bit for bit on generated histories).
+    """
+
+    def __init__(
+        self,
+        state: CustomerState,
+        config: RiskConfig,
+        model: Model | None,
+        window: Micros | None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.window = window
+        self.last = state.last_activity_at
+        th = config.thresholds
+        days = state.days
+        self.day_numbers = [d.day for d in days]
+        spends = [0]
+        for d in days:
+            spends.append(spends[-1] + d.spend)
+        self.spend_prefix = spends
+        self.x = max(len(days) - 1, 0)
+        interval = state.typical_interval_days()
+        self.rhythm = interval if interval else config.default_interval_days
+        self.negatives = [(n.at, n.code == "bad_support") for n in state.negatives]
+        nps = None if state.nps is None else _int(state.nps.value)
+        csat = None if state.csat is None else _int(state.csat.value)
+        self.feedback_reason = (nps is not None and nps <= th.detractor_nps) or (
+            csat is not None and csat <= th.low_csat
+        )
+        self.cancelled = (
+            self.last is not None
+            and state.last_cancel_at is not None
+            and state.last_cancel_at >= self.last
+        )
+        self.t_x = float(days[-1].day - days[0].day) if days else 0.0
+        self.first_day = days[0].day if days else None
+        self.recent = round(config.recent_days * DAY)
+        self.weights = {}
+        for key, weights in (("plain", config.plain), ("with_model", config.with_model)):
+            w = _vector(weights)
+            self.weights[key] = (
+                weights.intercept,
+                w,
+                w[1] * math.log1p(self.x),
+                w[2] * math.log1p(state.spend / MONEY_UNIT),
+                w[7] * float(nps is not None and nps <= th.detractor_nps),
+                w[8] * float(csat is not None and csat <= th.low_csat),
+            )
+
+    def __call__(self, now: Micros) -> tuple[float, bool, bool] | None:
+        last = self.last
+        if last is None:
+            return None
+        config = self.config
+        th = config.thresholds
+        window = self.window
+        recency = max(0.0, (now - last) / DAY)
+        recent_from = now - self.recent
+        frequency_ratio = spend_ratio = None
+        numbers = self.day_numbers
+        if numbers:
+            split = bisect.bisect_left(numbers, -(-recent_from // DAY))
+            n_base, n_recent = split, len(numbers) - split
+            span = (recent_from - numbers[0] * DAY) / DAY
+            if n_recent and n_base >= 2 and span >= config.recent_days:
+                frequency_ratio = n_recent / (n_base / span * config.recent_days)
+            if n_base and n_recent:
+                prefix = self.spend_prefix
+                base_mean = prefix[split] / n_base
+                if base_mean > 0:
+                    spend_ratio = (prefix[-1] - prefix[split]) / n_recent / base_mean
+        experiences = bad_support = 0
+        for at, bad in reversed(self.negatives):
+            if at <= recent_from:
+                break
+            if at <= now:
+                experiences += 1
+                bad_support += bad
+        alive = expected = None
+        if self.first_day is not None and self.model is not None:
+            age = (now - self.first_day * DAY) / DAY
+            alive = p_alive(self.model.bgnbd, self.x, self.t_x, age)
+            expected = expected_purchases(
+                self.model.bgnbd, config.horizon_days, self.x, self.t_x, age
+            )
+        lapsed = window is not None and now >= last + window
+        churned = self.cancelled or lapsed
+        explained = (
+            self.cancelled
+            or lapsed
+            or recency / self.rhythm >= th.overdue_ratio
+            or (frequency_ratio is not None and frequency_ratio <= th.frequency_ratio)
+            or (spend_ratio is not None and spend_ratio <= th.spend_ratio)
+            or self.feedback_reason
+            or bad_support >= th.bad_support
+            or experiences >= th.bad_experiences
+            or (alive is not None and self.x > 0 and alive < th.p_alive)
+            or (expected is not None and expected < th.expected_purchases)
+        )
+        if self.cancelled:
+            return 1.0, churned, explained
+        intercept, w, frequency, spend, detractor, low_csat = self.weights[
+            "with_model" if expected is not None else "plain"
+        ]
+        z = intercept
+        z += w[0] * math.log1p(recency)
+        z += frequency
+        z += spend
+        z += w[3] * math.log((expected or 0.0) + EXPECTED_FLOOR)
+        z += w[4] * (0.0 if frequency_ratio is None else max(0.0, 1.0 - frequency_ratio))
+        z += w[5] * (0.0 if spend_ratio is None else max(0.0, 1.0 - spend_ratio))
+        z += w[6] * math.log1p(experiences)
+        z += detractor
+        z += low_csat
+        return _sigmoid(z), churned, explained

@@ -17,6 +17,7 @@ from retention.evaluation import precision_at, precision_recall, roc_auc
 from retention.model import BgNbd, GammaGamma, Model
 from retention.risk import (
     DEFAULTS_PATH,
+    Probe,
     RiskConfig,
     RiskConfigError,
     Thresholds,
@@ -24,6 +25,7 @@ from retention.risk import (
     Weights,
     assess,
     load_risk_config,
+    quick_score,
     tier_with_hysteresis,
 )
 from retention.state import CustomerState
@@ -332,3 +334,52 @@ def test_alert_records_follow_the_published_schema() -> None:
     assert set(msgspec.structs.fields(AlertRecord)[i].name for i in range(3)) <= set(
         schema["properties"]
     )
+
+
+def probe_event(draw: st.DrawFn, n: int) -> Event:
+    day = draw(st.floats(0, 400, allow_nan=False))
+    kind = draw(st.sampled_from(["purchase", "purchase", "purchase", "feedback", "cancel"]))
+    if kind == "purchase":
+        return purchase(n, day, draw(st.floats(0, 500, allow_nan=False)))
+    if kind == "cancel":
+        return Cancellation(event_id=f"x{n}", customer_id="c1", occurred_at=at(day))
+    feedback = draw(st.sampled_from(["nps", "csat", "support"]))
+    common = {"event_id": f"f{n}", "customer_id": "c1", "occurred_at": at(day), "kind": feedback}
+    if feedback == "support":
+        outcome = draw(st.sampled_from(["resolved", "unresolved", "bad"]))
+        return Feedback(**common, outcome=outcome)
+    return Feedback(
+        **common, score=draw(st.integers(0, 10) if feedback == "nps" else st.integers(1, 5))
+    )
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> CustomerState:
+    count = draw(st.integers(1, 25))
+    return build([probe_event(draw, n) for n in range(count)])
+
+
+@settings(max_examples=150, deadline=None)
+@given(histories(), st.lists(st.floats(0, 600, allow_nan=False), min_size=1, max_size=12))
+def test_probe_is_quick_score_to_the_bit(state: CustomerState, moments: list[float]) -> None:
+    """The due search's precomputed scorer must give the very floats of the full
+    path, or due times (and so alerts) would depend on which one ran. Instants are
+    after the state's last event, as every assessment is."""
+    latest = max(seen.at for seen in state.seen)
+    for model in (None, MODEL):
+        for window in (None, WINDOW):
+            probe = Probe(state, CONFIG, model, window)
+            for days in moments:
+                now = latest + round(days * DAY)
+                assert probe(now) == quick_score(state, now, CONFIG, model, window)
+
+
+def test_probe_sees_a_lone_bad_support_contact() -> None:
+    events: list[Event] = [purchase(n, n * 10.0) for n in range(10)]
+    events.append(
+        Feedback(event_id="s", customer_id="c1", occurred_at=at(91), kind="support", outcome="bad")
+    )
+    state = build(events)
+    quick = quick_score(state, micros(92), CONFIG, None, WINDOW)
+    assert quick is not None and quick[2]  # the only reason: one bad support contact
+    assert Probe(state, CONFIG, None, WINDOW)(micros(92)) == quick
