@@ -22,11 +22,12 @@ install: $(STAMP) ## Create .venv and install churnwatch with its dev tools (.ve
 demo: $(STAMP) ## Run the demo: embedded broker, a worker, live events (DEMO_ARGS="--duration 60")
 	$(BIN)/churnwatch demo $(DEMO_ARGS)
 
-tools: ## Install promtool (Debian package prometheus) if missing; needs root and apt
-	@command -v promtool >/dev/null 2>&1 || { \
-	  echo "installing Debian package prometheus (for promtool)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+tools: ## Install promtool, prometheus and redis-server (Debian packages) if missing; needs root and apt
+	@command -v promtool >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing Debian packages prometheus and redis-server"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus redis-server >/dev/null; }
 	@promtool --version | head -1
+	@redis-server --version
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .

@@ -34,10 +34,15 @@ from faust.streams import Stream, _current_event
 from faust.types import EventT, StreamT
 from prometheus_client import Counter
 
-from retention.alerts import Alert, Lifecycle
+from retention.alerts import Alert
 from retention.apply import apply
 from retention.calendar import Calendar
-from retention.partition import PartitionState, decode_partition, encode_partition
+from retention.partition import (
+    PartitionState,
+    RiskSummary,
+    decode_partition,
+    encode_partition,
+)
 from retention.periods import PeriodEngine
 from retention.state import CustomerState, decode_state, encode_state
 from retention.timeutil import DAY, SECOND, Micros, from_micros, to_micros
@@ -86,7 +91,8 @@ class CustomerBatch:
         self.deadletter = app.deadletter_topic
         settings = app.settings
         self.periods = PeriodEngine(Calendar(settings.period), settings.window, settings.lateness)
-        self.lifecycle = Lifecycle(app.risk, app.model, settings.window)
+        self.lifecycle = app.lifecycle
+        self.sink = app.redis_sink
         self.lateness = settings.lateness
         self.alerts_topic = app.alerts_topic
 
@@ -114,7 +120,7 @@ class CustomerBatch:
         wall = time.time()
         future_limit = round(wall * SECOND) + MAX_FUTURE
         touched: dict[bytes, CustomerState] = {}
-        tiers_before: dict[bytes, str | None] = {}
+        tiers_before: dict[bytes, RiskSummary | None] = {}
         lifecycle = self.lifecycle
         alerts: list[tuple[Alert, Any]] = []
         counts: dict[tuple[str, str], int] = defaultdict(int)
@@ -161,7 +167,7 @@ class CustomerBatch:
                 else:
                     state = decode_state(raw)
             if key not in tiers_before:
-                tiers_before[key] = _tier(state)
+                tiers_before[key] = _summary(state)
             if state is not None and state.risk is not None:
                 # Time passed since the customer's last assessment: transitions due
                 # before this event happen first, with the state they were due in.
@@ -214,12 +220,15 @@ class CustomerBatch:
                 group[-1].message,
             )
         for key, state in touched.items():
-            _move(pstate.tiers, tiers_before.get(key), _tier(state))
+            pstate.move_risk(tiers_before.get(key), _summary(state))
         # Partition record first: see the module docstring.
         table[partition_state_key(partition)] = encode_partition(pstate)
         for key, state in touched.items():
             table[key] = encode_state(state)
         buckets.write()
+        if self.sink is not None:
+            for state in touched.values():
+                self.sink.offer(state)
         for alert, source in alerts:
             self._emit(alert, source)
         families: dict[str, dict[str, Counter]] = {
@@ -253,7 +262,7 @@ class CustomerBatch:
         pstate: PartitionState,
         limit: Micros,
         touched: dict[bytes, CustomerState],
-        tiers_before: dict[bytes, str | None],
+        tiers_before: dict[bytes, RiskSummary | None],
         alerts: list[tuple[Alert, Any]],
         source: Any,
     ) -> None:
@@ -275,7 +284,7 @@ class CustomerBatch:
                 if state is None or state.risk is None or state.risk.due != due:
                     continue  # superseded by a later event: rescheduled then
                 if key not in tiers_before:
-                    tiers_before[key] = _tier(state)
+                    tiers_before[key] = _summary(state)
                 for alert in lifecycle.catch_up(state, limit):
                     alerts.append((alert, source))
                 self.metrics.risk_assessments["due"].inc()
@@ -367,19 +376,12 @@ def _event_id(value: bytes) -> str | None:
         return None
 
 
-def _tier(state: CustomerState | None) -> str | None:
-    return None if state is None or state.risk is None else state.risk.tier
-
-
-def _move(counts: dict[str, int], old: str | None, new: str | None) -> None:
-    if old == new:
-        return
-    if old is not None and counts.get(old):
-        counts[old] -= 1
-        if not counts[old]:
-            del counts[old]
-    if new is not None:
-        counts[new] = counts.get(new, 0) + 1
+def _summary(state: CustomerState | None) -> RiskSummary | None:
+    if state is None or state.risk is None:
+        return None
+    mark = state.risk
+    bucket = "churned" if mark.status == "churned" else mark.tier
+    return (bucket, mark.value_at_risk, mark.clv)
 
 
 class DueBuckets:

@@ -67,6 +67,10 @@ class Alert(msgspec.Struct, kw_only=True):
     dedup_key: str
 
 
+def cents(amount: float) -> int:
+    return round(amount * 100)
+
+
 def dedup_key(customer_id: str, episode: Micros) -> str:
     """Stable across replays: the customer and the event time the episode began."""
     digest = blake2b(f"{customer_id}\x00{episode}".encode(), digest_size=16)
@@ -125,10 +129,12 @@ class Lifecycle:
             mark.status = status
             mark.sequence += 1
         mark.due = self._due(state, mark)
+        assessment = complete(state, quick, self.config, self.model)
+        mark.value_at_risk = cents(assessment.value_at_risk)
+        mark.clv = cents(assessment.clv)
         if status is None:
             return None
         assert mark.episode is not None
-        assessment = complete(state, quick, self.config, self.model)
         return Alert(
             status=status,
             customer_id=state.customer_id,

@@ -90,6 +90,7 @@ def apply(
         if item.id_hash == tie:
             return Applied(state, duplicate=True, late=False)
     _remember(seen, Seen(at, tie, str(event.__struct_config__.tag)), policy.dedup_ids)
+    state.events += 1
     late = at < now - policy.lateness
     if isinstance(event, Purchase):
         _purchase(state, event, at)

@@ -15,6 +15,9 @@ import msgspec
 from retention.periods import PeriodBook
 from retention.timeutil import Micros
 
+#: (tier, or "churned"; value at risk; CLV), cents: what the partition sums count.
+RiskSummary = tuple[str, int, int]
+
 
 class PartitionState(msgspec.Struct, kw_only=True):
     """The record of one input partition.
@@ -46,8 +49,32 @@ class PartitionState(msgspec.Struct, kw_only=True):
     periods: PeriodBook = msgspec.field(default_factory=PeriodBook)
     #: UTC days that have a bucket of customers due for re-assessment (sorted).
     due_days: list[int] = msgspec.field(default_factory=list)
-    #: Customers by risk tier as of their last assessment.
+    #: Customers by risk tier as of their last assessment ("churned" apart).
     tiers: dict[str, int] = msgspec.field(default_factory=dict)
+    #: Value at risk by tier and predicted CLV of customers not churned (cents).
+    value_at_risk: dict[str, int] = msgspec.field(default_factory=dict)
+    clv: int = 0
+
+    def move_risk(self, old: RiskSummary | None, new: RiskSummary | None) -> None:
+        """A customer's summary went from ``old`` to ``new``: keep the sums exact."""
+        if old == new:
+            return
+        for summary, sign in ((old, -1), (new, 1)):
+            if summary is None:
+                continue
+            bucket, value_at_risk, clv = summary
+            count = self.tiers.get(bucket, 0) + sign
+            if count:
+                self.tiers[bucket] = count
+            else:
+                self.tiers.pop(bucket, None)
+            if bucket != "churned":
+                total = self.value_at_risk.get(bucket, 0) + sign * value_at_risk
+                if total or bucket in self.tiers:
+                    self.value_at_risk[bucket] = total
+                else:
+                    self.value_at_risk.pop(bucket, None)
+                self.clv += sign * clv
 
     def observe(self, topic: str, moment: Micros, inputs: int) -> None:
         """An event of ``topic`` (one of ``inputs`` input topics) at ``moment`` was applied."""

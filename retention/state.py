@@ -77,6 +77,9 @@ class RiskMark(msgspec.Struct, array_like=True, kw_only=True):
     sequence: int = 0  # of the latest alert
     quiet_until: Micros | None = None  # end of the cooldown after a resolution
     due: Micros | None = None  # next time something can change without an event
+    # Of the last assessment, in cents: exact integer sums per partition and tier.
+    value_at_risk: int = 0
+    clv: int = 0
 
 
 class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
@@ -116,6 +119,13 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
     channel: str | None = None
     # Churn risk: the last assessment and the alert lifecycle (retention.alerts).
     risk: RiskMark | None = None
+    #: Distinct events applied. With ``risk.at`` it orders any two versions of a
+    #: customer (both only grow), which is what guards the serving view's writes.
+    events: int = 0
+
+    @property
+    def version(self) -> tuple[int, Micros]:
+        return (self.events, 0 if self.risk is None else self.risk.at)
 
     @property
     def acquired_at(self) -> Micros | None:

@@ -14,12 +14,15 @@ from typing import Any
 
 import faust
 
+from retention.alerts import Lifecycle
 from retention.model import Model, load_model
 from retention.risk import RiskConfig, load_risk_config
 from schemas.decode import EventDecoder
 from streams import topics
 from streams.metrics import PipelineMetrics
 from streams.partitions import partition_states
+from streams.redis_sink import RedisSink
+from streams.redis_view import RedisView
 from streams.settings import Settings
 from streams.web import install_views
 
@@ -40,6 +43,9 @@ class ChurnwatchApp(faust.App):
     alerts_topic: faust.TopicT
     model: Model | None
     risk: RiskConfig
+    lifecycle: Lifecycle
+    redis_view: RedisView | None
+    redis_sink: RedisSink | None
 
 
 def faust_config(settings: Settings) -> dict[str, Any]:
@@ -56,6 +62,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         "web_port": settings.web_port,
         "web_bind": settings.web_host,
         "web_in_thread": False,
+        "canonical_url": settings.canonical_url,
         "consumer_auto_offset_reset": "earliest",
         "broker_session_timeout": settings.session_timeout,
         "broker_heartbeat_interval": heartbeat,
@@ -72,6 +79,29 @@ def faust_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def consumer_lag(app: faust.App) -> list[tuple[str, int, int]]:
+    """Unread messages per assigned input partition, from the consumer's own view."""
+    try:
+        consumer = app.consumer
+        assigned = consumer.assignment()
+    except Exception:  # not started, or stopping: no partitions to report
+        return []
+    lag = []
+    for tp in sorted(assigned):
+        if tp.topic not in topics.CONSUMED_TOPICS:
+            continue
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:
+            continue
+        read = consumer._read_offset.get(tp)  # type: ignore[attr-defined]
+        if highwater is None or (read is None and highwater > 0):
+            continue  # nothing read since assignment: the position is not known here
+        position = 0 if read is None else read + 1
+        lag.append((tp.topic, tp.partition, max(0, highwater - position)))
+    return lag
+
+
 def create_app(settings: Settings) -> ChurnwatchApp:
     app = ChurnwatchApp(settings.app_id, **faust_config(settings))
     app.settings = settings
@@ -80,6 +110,7 @@ def create_app(settings: Settings) -> ChurnwatchApp:
     # with the file's name and problem, not at the first event.
     app.model = load_model(settings.model) if settings.model else None
     app.risk = load_risk_config(settings.risk or None)
+    app.lifecycle = Lifecycle(app.risk, app.model, settings.window)
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,
@@ -101,7 +132,19 @@ def create_app(settings: Settings) -> ChurnwatchApp:
     # Faust derives a table's serializers from its types ("json" for plain types) and
     # uses them to read the changelog back on recovery; the state is already bytes.
     app.customers.key_serializer = app.customers.value_serializer = "raw"
-    app.metrics = PipelineMetrics(lambda: partition_states(app, app.customers))
+    app.metrics = PipelineMetrics(
+        lambda: partition_states(app, app.customers), lambda: consumer_lag(app)
+    )
+    app.redis_view = app.redis_sink = None
+    if settings.redis_url:
+        app.redis_view = RedisView(settings.redis_url, settings.redis_prefix)
+        app.redis_sink = RedisSink(
+            app.redis_view,
+            app.lifecycle,
+            app.metrics,
+            settings.redis_buffer,
+            lambda: app.customers.items(),
+        )
     components = sorted(entry_points(group=COMPONENT_GROUP), key=lambda ep: ep.name)
     if not components:
         raise RuntimeError(

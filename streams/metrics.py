@@ -12,11 +12,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from retention.partition import PartitionState
+from retention.risk import TIERS
 from retention.state import MONEY_UNIT
 from retention.timeutil import DAY, SECOND
 from schemas.deadletter import REJECT_REASONS
@@ -49,6 +57,8 @@ PERIOD_GAUGES: dict[str, tuple[str, str, float]] = {
     "csat_satisfied": ("csat_satisfied", "CSAT responses 4-5", 1),
     "csat_responses": ("csat_responses", "CSAT responses", 1),
 }
+#: Cohorts exported (the newest) and month offsets per cohort: a bounded label set.
+COHORT_MONTHS = 12
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -108,6 +118,27 @@ class PartitionCollector(Collector):
             )
             for name, text in ROLLING_GAUGES
         }
+        by_tier = GaugeMetricFamily(
+            "churnwatch_customers_by_tier",
+            "Customers not churned, by risk tier of their last assessment",
+            labels=["partition", "tier"],
+        )
+        value_at_risk = GaugeMetricFamily(
+            "churnwatch_value_at_risk",
+            "Sum of value at risk of customers not churned, by risk tier (currency units)",
+            labels=["partition", "tier"],
+        )
+        clv = GaugeMetricFamily(
+            "churnwatch_predicted_clv",
+            "Sum of predicted CLV of assessed customers not churned (currency units)",
+            labels=["partition"],
+        )
+        cohorts = GaugeMetricFamily(
+            "churnwatch_cohort_customers",
+            f"Customers of an acquisition-month cohort with a purchase in month offset N "
+            f"(the last {COHORT_MONTHS} cohorts, offsets below {COHORT_MONTHS})",
+            labels=["partition", "cohort", "offset"],
+        )
         now = time.time()
         for state in self._partitions():
             label = str(state.partition)
@@ -126,6 +157,15 @@ class PartitionCollector(Collector):
                     ROLLING_GAUGES, book.rolling_feedback(today), strict=True
                 ):
                     rolling[name].add_metric([label], value)
+            for tier in TIERS:
+                by_tier.add_metric([label, tier], state.tiers.get(tier, 0))
+                value_at_risk.add_metric([label, tier], state.value_at_risk.get(tier, 0) / 100)
+            clv.add_metric([label], state.clv / 100)
+            for acquired in sorted(book.cohorts)[-COHORT_MONTHS:]:
+                name = f"{acquired // 12:04d}-{acquired % 12 + 1:02d}"
+                row = book.cohorts[acquired]
+                for offset in range(COHORT_MONTHS):
+                    cohorts.add_metric([label, name, str(offset)], row.get(offset, 0))
             for status in ("subscribed", "cancelled", "none"):
                 subscription.add_metric([label, status], book.statuses.get(status, 0))
             for which, period in (
@@ -140,12 +180,36 @@ class PartitionCollector(Collector):
                     periods[name].add_metric([label, which], value / scale)
         yield from (customers, watermark, lag, events, period_start, *periods.values())
         yield from (active, subscription, *rolling.values())
+        yield from (by_tier, value_at_risk, clv, cohorts)
+
+
+#: (topic, partition, messages not yet read) for every input partition assigned.
+LagReader = Callable[[], Iterable[tuple[str, int, int]]]
+
+
+class LagCollector(Collector):
+    def __init__(self, lag: LagReader) -> None:
+        self._lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "churnwatch_consumer_lag_messages",
+            "Messages in the partition not yet read by this worker (highwater - position)",
+            labels=["topic", "partition"],
+        )
+        for topic, partition, lag in self._lag():
+            family.add_metric([topic, str(partition)], lag)
+        yield family
 
 
 class PipelineMetrics:
     """The worker's metrics in a registry of their own (tests create many)."""
 
-    def __init__(self, partitions: Callable[[], Iterable[PartitionState]]) -> None:
+    def __init__(
+        self,
+        partitions: Callable[[], Iterable[PartitionState]],
+        lag: LagReader | None = None,
+    ) -> None:
         # ``*_created`` series double the output and no dashboard uses them.
         disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
@@ -227,7 +291,40 @@ class PipelineMetrics:
             ),
             ("event", "due"),
         )
+        self.redis_up = Gauge(
+            "churnwatch_redis_up",
+            "1 while the last write to the Redis serving view succeeded",
+            registry=self.registry,
+        )
+        self.redis_buffered = Gauge(
+            "churnwatch_redis_buffered",
+            "Customers whose newest view waits in the bounded buffer for Redis",
+            registry=self.registry,
+        )
+        self.redis_writes = _children(
+            Counter(
+                "churnwatch_redis_writes",
+                "Customer views sent to Redis: written, stale (an equal or newer version "
+                "was there) or failed (retried)",
+                ["outcome"],
+                registry=self.registry,
+            ),
+            ("written", "stale", "failed"),
+        )
+        self.redis_overflows = Counter(
+            "churnwatch_redis_overflows",
+            "Views dropped from a full buffer (a resync from the table follows)",
+            registry=self.registry,
+        )
+        self.redis_resyncs = Counter(
+            "churnwatch_redis_resyncs",
+            "Full rewrites of this worker's customers into Redis after an overflow",
+            registry=self.registry,
+        )
         self.registry.register(PartitionCollector(partitions))
+        if lag is not None:
+            self.registry.register(LagCollector(lag))
+        ProcessCollector(registry=self.registry)
 
 
 def _children(counter: Counter, labels: Iterable[str]) -> dict[str, Counter]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Final, Literal, get_args, get_type_hints
@@ -50,7 +51,13 @@ class Settings:
     period: Period = "month"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    redis_url: str = "redis://localhost:6379/0"
+    #: The serving view's Redis ("" = none: no at-risk queue, /customers from tables).
+    redis_url: str = ""
+    redis_prefix: str = "churnwatch"
+    #: Customers whose newest view may wait for Redis before a resync is needed.
+    redis_buffer: int = 100_000
+    #: URL other workers use to reach this one's web port ("" = from web host/port).
+    advertised_url: str = ""
     clock: ClockMode = "live"
     clock_interval: float = 5.0
     batch_max: int = 1000
@@ -73,6 +80,12 @@ class Settings:
             raise SettingsError(f"{PREFIX}PARTITIONS: must be at least 1")
         if self.batch_max < 1:
             raise SettingsError(f"{PREFIX}BATCH_MAX: must be at least 1")
+        if self.redis_buffer < 1:
+            raise SettingsError(f"{PREFIX}REDIS_BUFFER: must be at least 1")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"{PREFIX}REDIS_URL: expected redis://host:port/db, got {self.redis_url!r}"
+            )
         if self.dedup_ids < 1:
             raise SettingsError(f"{PREFIX}DEDUP_IDS: must be at least 1")
         if not self.broker.startswith(("kafka://", "aiokafka://")):
@@ -99,6 +112,16 @@ class Settings:
     def bootstrap(self) -> str:
         """host:port list for plain Kafka clients (aiokafka) from Faust's URL form."""
         return ",".join(part.split("://", 1)[-1] for part in self.broker.split(";"))
+
+    @property
+    def canonical_url(self) -> str:
+        """How other workers reach this one (routing of ``/customers/{id}``)."""
+        if self.advertised_url:
+            return self.advertised_url
+        host = self.web_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()  # a container's name on its network
+        return f"http://{host}:{self.web_port}"
 
     @property
     def clock_interval_micros(self) -> int:

@@ -1,22 +1,47 @@
-"""HTTP views on the worker's web port: ``/metrics`` and ``/health``."""
+"""HTTP views on the worker's web port.
+
+``/customers/{id}`` answers from the table of the worker that owns the customer's
+partition (a request to another worker is forwarded there by Faust's router), and
+from the Redis view when the owner cannot be reached. ``/at-risk`` reads the Redis
+queues. Both answer JSON, with 400 for bad parameters and 404 for unknown ids;
+``/health`` and ``/metrics`` are for operators and Prometheus.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import logging
+import re
+from typing import TYPE_CHECKING, Any, Final
 
+import aiohttp
+from faust.exceptions import SameNode
 from faust.web import Request, Response, View
+from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import generate_latest
 
+from retention.risk import TIERS
+from retention.serving import customer_view
+from retention.state import decode_state
+from streams import topics
 from streams.partitions import assigned_partitions
+from streams.redis_view import MAX_LIMIT, view_json
 
 if TYPE_CHECKING:
     from streams.app import ChurnwatchApp
 
+log = logging.getLogger(__name__)
 # aiohttp refuses a charset inside content_type; Prometheus reads this as 0.0.4 text.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
+#: Customer ids and segments are at most this long (the event schema's limit).
+MAX_ID: Final = 128
+_ROUTED_HEADER: Final = "X-Churnwatch-Routed"
+_SEGMENT = re.compile(r"^[\w.\- ]{1,64}$")
 
 
 def install_views(app: ChurnwatchApp) -> None:
+    def error(view: View, status: int, message: str, **extra: Any) -> Response:
+        return view.json({"error": message, "status": status, **extra}, status=status)
+
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
@@ -31,10 +56,109 @@ def install_views(app: ChurnwatchApp) -> None:
             recovery = app.tables.recovery  # type: ignore[attr-defined]
             recovering = bool(app.in_recovery) or not recovery.completed.is_set()
             status = "rebalancing" if app.rebalancing else "recovering" if recovering else "ok"
+            try:
+                assigned = len(app.consumer.assignment())
+            except Exception:
+                assigned = 0
             body: dict[str, Any] = {
                 "status": status,
                 "app_id": app.conf.id,
                 "partitions": partitions,
                 "recovering": recovering,
+                "broker": {"url": app.settings.broker, "assigned_topic_partitions": assigned},
             }
-            return self.json(body)
+            sink = app.redis_sink
+            if app.redis_view is None or sink is None:
+                body["redis"] = {"configured": False}
+            else:
+                up = await app.redis_view.ping()
+                body["redis"] = {
+                    "configured": True,
+                    "up": up,
+                    "buffered": len(sink.buffer),
+                    "resync_pending": sink.resync_needed,
+                }
+                if not up and status == "ok":
+                    body["status"] = "degraded"
+            return self.json(body, status=200 if body["status"] != "rebalancing" else 503)
+
+    @app.page("/customers/{customer_id}")
+    class Customer(View):
+        async def get(self, request: Request, customer_id: str) -> Response:
+            if not customer_id or len(customer_id) > MAX_ID:
+                return error(self, 400, f"customer id must be 1 to {MAX_ID} characters")
+            key = customer_id.encode()
+            if _ROUTED_HEADER not in request.headers:
+                try:
+                    return await _route(app, self, request, key)
+                except SameNode:
+                    pass
+                except (ServiceUnavailable, KeyError, aiohttp.ClientError, OSError) as exc:
+                    log.info("routing /customers/%r failed (%s); using Redis", customer_id, exc)
+                    return await _from_redis(app, self, customer_id)
+            raw = app.customers.get(key)
+            if raw is None:
+                return error(self, 404, "unknown customer", customer_id=customer_id)
+            view = view_json(customer_view(decode_state(raw), app.lifecycle))
+            return self.json({**view, "source": "table"})
+
+    @app.page("/at-risk")
+    class AtRisk(View):
+        async def get(self, request: Request) -> Response:
+            query = request.query
+            unknown = set(query) - {"tier", "limit", "segment"}
+            if unknown:
+                return error(self, 400, f"unknown parameter(s): {', '.join(sorted(unknown))}")
+            tier = query.get("tier") or None
+            if tier is not None and tier not in TIERS:
+                return error(self, 400, f"tier must be one of {', '.join(TIERS)}")
+            try:
+                limit = int(query.get("limit", "50"))
+            except ValueError:
+                limit = -1
+            if not 1 <= limit <= MAX_LIMIT:
+                return error(self, 400, f"limit must be an integer from 1 to {MAX_LIMIT}")
+            segment = query.get("segment") or None
+            if segment is not None and not _SEGMENT.match(segment):
+                return error(self, 400, "segment must be 1-64 letters, digits, ' ', '.', '_', '-'")
+            if app.redis_view is None:
+                return error(self, 503, "no Redis serving view configured (CHURNWATCH_REDIS_URL)")
+            try:
+                customers = await app.redis_view.queue(tier, limit, segment)
+            except Exception as exc:  # Redis down: say so, do not fail the worker
+                return error(self, 503, f"Redis unavailable: {type(exc).__name__}")
+            return self.json(
+                {"tier": tier, "segment": segment, "count": len(customers), "customers": customers}
+            )
+
+
+async def _route(app: ChurnwatchApp, view: View, request: Request, key: bytes) -> Response:
+    """Forward to the owner of the key's partition; SameNode if that is us."""
+    dest = app.router.key_store(topics.CUSTOMERS_TABLE, key)
+    host, port = dest.host, dest.port
+    canonical = app.conf.canonical_url
+    if (host, port) == (canonical.host, canonical.port):
+        raise SameNode()
+    routed = request.url.with_host(host or "localhost").with_port(port)
+    headers = {_ROUTED_HEADER: "1"}
+    async with app.http_client.get(routed, headers=headers) as response:
+        return view.text(
+            await response.text(), content_type=response.content_type, status=response.status
+        )
+
+
+async def _from_redis(app: ChurnwatchApp, view: View, customer_id: str) -> Response:
+    if app.redis_view is None:
+        return view.json(
+            {"error": "the customer's worker cannot be reached and no Redis view is configured"},
+            status=503,
+        )
+    try:
+        found = await app.redis_view.get(customer_id)
+    except Exception as exc:
+        return view.json({"error": f"Redis unavailable: {type(exc).__name__}"}, status=503)
+    if found is None:
+        return view.json(
+            {"error": "unknown customer", "status": 404, "customer_id": customer_id}, status=404
+        )
+    return view.json({**found, "source": "redis"})
