@@ -520,6 +520,43 @@ def _print_backtest(data: dict[str, Any]) -> None:
     Console().print(tiers)
 
 
+@app.command("redis-rebuild")
+def redis_rebuild(
+    broker: BrokerOpt = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option("--redis-url", envvar="CHURNWATCH_REDIS_URL", help="redis://host:port/db"),
+    ] = None,
+    app_id: Annotated[
+        str | None, typer.Option("--app-id", help="The workers' app id (names the changelog)")
+    ] = None,
+    flush: Annotated[
+        bool, typer.Option("--flush", help="Delete the view's keys first (a clean copy)")
+    ] = False,
+) -> None:
+    """Write the Redis serving view again from the customers table's changelog."""
+    import asyncio
+
+    from streams.rebuild import rebuild
+
+    settings = _settings(broker=broker, redis_url=redis_url, app_id=app_id)
+    if not settings.redis_url:
+        console.print("[red]no Redis:[/] pass --redis-url or set CHURNWATCH_REDIS_URL")
+        raise typer.Exit(2)
+    with _progress() as bar:
+        task = bar.add_task("views", total=None)
+        result = asyncio.run(
+            rebuild(
+                settings, flush, lambda done, total: bar.update(task, completed=done, total=total)
+            )
+        )
+    console.print(
+        f"{result.customers:,} customers: {result.written:,} views written, "
+        f"{result.stale:,} already current"
+        + (f", {result.deleted:,} keys deleted" if flush else "")
+    )
+
+
 @app.command()
 def demo(
     duration: Annotated[
@@ -530,12 +567,19 @@ def demo(
     rate: Annotated[float, typer.Option(help="Events per second to stream")] = 800.0,
     seed: Annotated[int, typer.Option(help="Random seed")] = 7,
     web_port: Annotated[int, typer.Option(help="Worker HTTP port")] = 6066,
+    redis: Annotated[
+        bool,
+        typer.Option(
+            "--redis/--no-redis",
+            help="Serve the at-risk queue from an embedded Redis (or CHURNWATCH_REDIS_URL)",
+        ),
+    ] = True,
 ) -> None:
-    """Run everything locally: embedded broker, a worker, and a live event stream."""
+    """Run everything locally: embedded broker and Redis, a worker, a live event stream."""
     from streams.demo import DemoPlan, run_demo
 
     plan = DemoPlan(duration=duration, customers=customers, days=days, rate=rate, seed=seed)
-    run_demo(_settings(web_port=web_port), plan, console)
+    run_demo(_settings(web_port=web_port), plan, console, redis=redis)
 
 
 def main() -> None:

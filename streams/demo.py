@@ -31,6 +31,7 @@ from streams.generator import generate
 from streams.inputs import route
 from streams.kafka_admin import create_topics, wait_for_zero_lag
 from streams.produce import publish
+from streams.redis_server import EmbeddedRedis
 from streams.settings import Settings
 from streams.workers import WorkerProcess, local_settings
 
@@ -144,14 +145,21 @@ async def _run(settings: Settings, worker: WorkerProcess, plan: DemoPlan, consol
         loop.remove_signal_handler(sig)
 
 
-def run_demo(settings: Settings, plan: DemoPlan, console: Console) -> None:
+def run_demo(settings: Settings, plan: DemoPlan, console: Console, redis: bool = True) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="churnwatch-demo-"))
     console.print(f"[bold]churnwatch demo[/] (logs and data in {workdir})")
-    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+    with contextlib.ExitStack() as stack:
+        broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
         settings = local_settings(settings, broker.url, settings.partitions, workdir).replace(
             web_port=settings.web_port
         )
         console.print(f"broker   {broker.bootstrap} (embedded Tansu)")
+        if redis and not settings.redis_url:
+            server = stack.enter_context(EmbeddedRedis(workdir / "redis"))
+            settings = settings.replace(redis_url=server.url)
+            console.print(f"redis    {server.url} (embedded, serving view)")
+        elif settings.redis_url:
+            console.print(f"redis    {settings.redis_url}")
         asyncio.run(
             create_topics(settings.bootstrap, dict.fromkeys(topics.ALL_TOPICS, settings.partitions))
         )
@@ -161,6 +169,9 @@ def run_demo(settings: Settings, plan: DemoPlan, console: Console) -> None:
             worker.wait_ready()
             console.print(f"metrics  {worker.base_url}/metrics")
             console.print(f"health   {worker.base_url}/health")
+            if settings.redis_url:
+                console.print(f"at-risk  curl '{worker.base_url}/at-risk?limit=10'")
+                console.print(f"customer curl {worker.base_url}/customers/<customer_id>")
             console.print(
                 f"streaming {plan.customers:,} customers x {plan.days} days of history "
                 f"at {plan.rate:,.0f} events/s"
