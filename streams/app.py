@@ -24,6 +24,7 @@ from streams.partitions import partition_states
 from streams.redis_sink import RedisSink
 from streams.redis_view import RedisView
 from streams.settings import Settings
+from streams.tansu import install_end_offset_fix
 from streams.web import install_views
 
 COMPONENT_GROUP = "churnwatch.components"
@@ -103,6 +104,8 @@ def consumer_lag(app: faust.App) -> list[tuple[str, int, int]]:
 
 
 def create_app(settings: Settings) -> ChurnwatchApp:
+    if settings.broker_quirks == "tansu":
+        install_end_offset_fix(settings.bootstrap)
     app = ChurnwatchApp(settings.app_id, **faust_config(settings))
     app.settings = settings
     app.decoder = EventDecoder(settings.max_event_bytes)

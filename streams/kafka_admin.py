@@ -188,6 +188,14 @@ async def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartit
         return await _high_watermarks(consumer, await _partitions(admin, topics))
 
 
+async def high_watermarks(
+    bootstrap: str, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """``end_offsets`` for given partitions (which must exist)."""
+    async with _consumer(bootstrap) as consumer:
+        return await _high_watermarks(consumer, list(partitions))
+
+
 async def _committed(
     admin: AIOKafkaAdminClient,
     consumer: AIOKafkaConsumer,

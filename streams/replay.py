@@ -166,11 +166,12 @@ def replay(
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="churnwatch-")))
+        embedded = broker_url is None
         if broker_url is None:
             stage("starting the embedded broker")
             broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
             broker_url = broker.url
-        settings = local_settings(base, broker_url, partitions, workdir)
+        settings = local_settings(base, broker_url, partitions, workdir, embedded=embedded)
         bootstrap = settings.bootstrap
         timings: dict[str, float] = {}
         stage(f"creating topics ({partitions} partitions)")

@@ -20,6 +20,7 @@ from retention.timeutil import SECOND, Micros, parse_duration
 PREFIX: Final = "CHURNWATCH_"
 Period = Literal["day", "week", "month", "quarter"]
 ClockMode = Literal["live", "off"]
+BrokerQuirks = Literal["", "tansu"]
 
 
 class SettingsError(ValueError):
@@ -58,6 +59,8 @@ class Settings:
     redis_buffer: int = 100_000
     #: URL other workers use to reach this one's web port ("" = from web host/port).
     advertised_url: str = ""
+    #: "tansu": correct the embedded broker's end offsets (streams/tansu.py).
+    broker_quirks: BrokerQuirks = ""
     clock: ClockMode = "live"
     clock_interval: float = 5.0
     batch_max: int = 1000

@@ -28,7 +28,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def local_settings(base: Settings, broker_url: str, partitions: int, workdir: Path) -> Settings:
+def local_settings(
+    base: Settings, broker_url: str, partitions: int, workdir: Path, embedded: bool = True
+) -> Settings:
     """Settings for workers the demo, replays and tests start on a dedicated broker:
     a fresh consumer group and table, no live clock (the caller drives time), fast
     commits and a short session timeout so that start-up takes seconds."""
@@ -42,6 +44,7 @@ def local_settings(base: Settings, broker_url: str, partitions: int, workdir: Pa
         datadir=str(workdir / "data"),
         web_host="127.0.0.1",
         web_port=free_port(),
+        broker_quirks="tansu" if base.broker_quirks == "" and embedded else base.broker_quirks,
     )
 
 

@@ -24,6 +24,7 @@ from streams.kafka_admin import (
     consumer_lag,
     create_topics,
     end_offsets,
+    high_watermarks,
     read_all,
     read_latest_by_key,
     wait_for_zero_lag,
@@ -300,3 +301,15 @@ async def test_reads_of_an_empty_topic_are_empty(
         TopicPartition(name, 0): 0,
         TopicPartition(name, 1): 0,
     }
+
+
+async def test_high_watermark_of_one_batch_counts_all_its_records(
+    broker: EmbeddedBroker, topic_name: Callable[[str], str]
+) -> None:
+    """Tansu's ListOffsets reports a batch's base offset + 1; Faust's recovery is
+    given ``high_watermarks`` instead on the embedded broker (streams/tansu.py)."""
+    name = topic_name("batch")
+    await create_topics(broker.bootstrap, {name: 1})
+    await produce(broker.bootstrap, name, [(b"k", b"x")] * 10)
+    tp = TopicPartition(name, 0)
+    assert await high_watermarks(broker.bootstrap, [tp]) == {tp: 10}
