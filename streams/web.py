@@ -35,6 +35,8 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 #: Customer ids and segments are at most this long (the event schema's limit).
 MAX_ID: Final = 128
 _ROUTED_HEADER: Final = "X-Churnwatch-Routed"
+#: Which worker answered (its advertised URL), on /customers responses.
+WORKER_HEADER: Final = "X-Churnwatch-Worker"
 _SEGMENT = re.compile(r"^[\w.\- ]{1,64}$")
 
 
@@ -100,7 +102,8 @@ def install_views(app: ChurnwatchApp) -> None:
             if raw is None:
                 return error(self, 404, "unknown customer", customer_id=customer_id)
             view = view_json(customer_view(decode_state(raw), app.lifecycle))
-            return self.json({**view, "source": "table"})
+            headers = {WORKER_HEADER: str(app.conf.canonical_url)}
+            return self.json({**view, "source": "table"}, headers=headers)
 
     @app.page("/at-risk")
     class AtRisk(View):
@@ -142,8 +145,12 @@ async def _route(app: ChurnwatchApp, view: View, request: Request, key: bytes) -
     routed = request.url.with_host(host or "localhost").with_port(port)
     headers = {_ROUTED_HEADER: "1"}
     async with app.http_client.get(routed, headers=headers) as response:
+        worker = response.headers.get(WORKER_HEADER)
         return view.text(
-            await response.text(), content_type=response.content_type, status=response.status
+            await response.text(),
+            content_type=response.content_type,
+            status=response.status,
+            headers={WORKER_HEADER: worker} if worker else None,
         )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
 from retention.alerts import Lifecycle
@@ -36,7 +37,7 @@ from streams.rebuild import rebuild
 from streams.redis_server import EmbeddedRedis
 from streams.redis_sink import RedisSink
 from streams.redis_view import RedisView, expected_queues, view_json
-from streams.replay import collect, send_ticks
+from streams.replay import collect, running_workers, send_ticks, wait_settled
 from streams.settings import Settings
 from streams.workers import WorkerProcess, local_settings
 
@@ -45,9 +46,13 @@ END = parse_time("2025-06-01T00:00:00Z")
 OUTAGE = 30.0
 
 
-def http(worker: WorkerProcess, path: str) -> tuple[int, Any]:
+def http(
+    worker: WorkerProcess, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(worker.base_url + path, timeout=5) as response:
+            if headers is not None:
+                headers.update(response.headers)
             return response.status, msgspec.json.decode(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, msgspec.json.decode(exc.read())
@@ -248,3 +253,39 @@ def test_full_buffer_is_resynced_from_the_table(tmp_path: Path) -> None:
     }
     assert samples["churnwatch_redis_overflows_total"] == 30
     assert samples["churnwatch_redis_resyncs_total"] == 1
+
+
+def test_any_worker_answers_for_every_customer(tmp_path: Path) -> None:
+    """Two workers, no Redis: each forwards /customers/{id} to the owner's table."""
+    history = tmp_path / "history.jsonl"
+    write_history(history, 200, 60, 9, from_micros(END))
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 4)))
+        settings = local_settings(Settings(), broker.url, 4, tmp_path)
+        with running_workers(settings, 2, tmp_path) as workers:
+            wait_settled(workers, 4)
+            asyncio.run(publish(broker.bootstrap, read_events(history, "jsonl")))
+            asyncio.run(
+                wait_for_zero_lag(
+                    broker.bootstrap, settings.app_id, list(topics.INPUT_TOPICS), timeout=120
+                )
+            )
+            customers, _ = asyncio.run(collect(broker.bootstrap, settings.app_id))
+            expected = views_from_tables(customers)
+            owners = [set(w.health()["partitions"]) for w in workers]  # type: ignore[index]
+            assert all(owners) and not owners[0] & owners[1]
+            owner_of = {p: w.base_url for w, ps in zip(workers, owners, strict=True) for p in ps}
+            for worker in workers:
+                for customer_id, view in expected.items():
+                    headers: dict[str, str] = {}
+                    status, body = http(worker, f"/customers/{customer_id}", headers)
+                    assert status == 200, (customer_id, body)
+                    assert body.pop("source") == "table"
+                    assert body == view
+                    # Answered by the owner of the key's partition (Kafka's murmur2).
+                    partition = (murmur2(customer_id.encode()) & 0x7FFFFFFF) % 4
+                    assert headers["X-Churnwatch-Worker"] == owner_of[partition]
+                status, body = http(worker, "/customers/nobody")
+                assert status == 404
+                status, body = http(worker, "/at-risk")
+                assert status == 503 and "Redis" in body["error"]
