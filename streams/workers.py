@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from streams.processes import stop_process_group
 from streams.settings import Settings, to_env
 
@@ -85,6 +87,17 @@ class WorkerProcess:
     def get_text(self, path: str, timeout: float = 2.0) -> str:
         with urllib.request.urlopen(self.base_url + path, timeout=timeout) as response:
             return str(response.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        total = 0.0
+        for family in text_string_to_metric_families(self.get_text("/metrics")):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    total += sample.value
+        return total
 
     def health(self) -> dict[str, Any] | None:
         try:

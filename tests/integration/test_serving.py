@@ -58,15 +58,6 @@ def http(
         return exc.code, msgspec.json.decode(exc.read())
 
 
-def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(worker.get_text("/metrics")):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 def wait_for(condition: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,8 +107,8 @@ def test_view_survives_a_redis_outage_and_the_api_serves_it(tmp_path: Path) -> N
             )
             wait_for(
                 lambda: (
-                    metric(worker, "churnwatch_redis_buffered") == 0
-                    and metric(worker, "churnwatch_redis_writes_total", outcome="written") > 0
+                    worker.metric("churnwatch_redis_buffered") == 0
+                    and worker.metric("churnwatch_redis_writes_total", outcome="written") > 0
                 ),
                 30,
                 "the first views in Redis",
@@ -138,20 +129,20 @@ def test_view_survives_a_redis_outage_and_the_api_serves_it(tmp_path: Path) -> N
                 )
             )
             # Event processing did not wait for Redis: every input is already in state.
-            consumed = metric(worker, "churnwatch_partition_events", outcome="consumed")
+            consumed = worker.metric("churnwatch_partition_events", outcome="consumed")
             assert consumed == len(records)
             health = worker.health()
             assert health is not None and health["redis"]["up"] is False
             assert health["status"] == "degraded"
-            assert metric(worker, "churnwatch_redis_buffered") > 0
+            assert worker.metric("churnwatch_redis_buffered") > 0
             status, body = http(worker, "/at-risk")
             assert status == 503 and "Redis" in body["error"]
             time.sleep(max(0.0, OUTAGE - (time.monotonic() - down_at)))
             redis.start()
             wait_for(
                 lambda: (
-                    metric(worker, "churnwatch_redis_buffered") == 0
-                    and metric(worker, "churnwatch_redis_up") == 1
+                    worker.metric("churnwatch_redis_buffered") == 0
+                    and worker.metric("churnwatch_redis_up") == 1
                 ),
                 60,
                 "the view to catch up",
@@ -181,7 +172,7 @@ def test_view_survives_a_redis_outage_and_the_api_serves_it(tmp_path: Path) -> N
                 snapshots[snap["customer_id"]] = snap
             families = list(text_string_to_metric_families(worker.get_text("/metrics")))
             assert any(f.name == "churnwatch_customers_by_tier" for f in families)
-            assert metric(worker, "churnwatch_redis_overflows_total") == 0
+            assert worker.metric("churnwatch_redis_overflows_total") == 0
         finally:
             worker.stop()
         customers, _ = asyncio.run(collect(broker.bootstrap, settings.app_id))
