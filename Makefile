@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools demo test lint typecheck unit agent integration schemas bench replay-cdnow backtest-cdnow calibrate clean
+.PHONY: help install tools demo test lint typecheck unit agent integration schemas dashboards bench replay-cdnow backtest-cdnow calibrate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,12 +22,15 @@ install: $(STAMP) ## Create .venv and install churnwatch with its dev tools (.ve
 demo: $(STAMP) ## Run the demo: embedded broker, a worker, live events (DEMO_ARGS="--duration 60")
 	$(BIN)/churnwatch demo $(DEMO_ARGS)
 
-tools: ## Install promtool, prometheus and redis-server (Debian packages) if missing; needs root and apt
-	@command -v promtool >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing Debian packages prometheus and redis-server"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus redis-server >/dev/null; }
+tools: ## Install prometheus (+promtool), redis-server and docker-compose (Debian) if missing; needs root
+	@command -v promtool >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 \
+	  && command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "installing Debian packages prometheus, redis-server and docker-compose"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    prometheus redis-server docker-compose >/dev/null; }
 	@promtool --version | head -1
 	@redis-server --version
+	@docker-compose version | head -1
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -47,6 +50,9 @@ agent: $(STAMP) ## Agent tests (Faust test context, no broker)
 
 integration: $(STAMP) tools ## Integration tests against the embedded broker
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+dashboards: $(STAMP) ## Regenerate deploy/grafana/dashboards/ from deploy/grafana/build.py
+	$(BIN)/python deploy/grafana/build.py
 
 schemas: $(STAMP) ## Regenerate schemas/json/ from the structs
 	$(BIN)/python -m schemas.jsonschema
