@@ -269,7 +269,9 @@ def _counts(n: int) -> np.ndarray:
         (np.zeros(500), np.zeros(500), _ages(500), "too few repeat buyers"),
         (np.zeros(100), np.zeros(100), np.zeros(100), "age T == 0"),
         (np.ones(200), np.zeros(200), _ages(200), "ran off to 0 or infinity"),
-        (np.full(200, 3.0), _ages(200), _ages(200), "do not identify a "),
+        # Flat likelihood or unbounded standard error, depending on the optimizer's
+        # last step (it changed between scipy releases): refused either way.
+        (np.full(200, 3.0), _ages(200), _ages(200), "the data do not identify"),
         (_counts(200), _ages(200), _ages(200), "no proper maximum"),
         (np.ones(100), np.full(100, 50.0), np.full(100, 10.0), "t_x <= T"),
     ],
