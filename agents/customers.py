@@ -5,16 +5,28 @@ in batches (``take_events``) so that a customer touched by many events in a batc
 is decoded and written once. Per batch and input partition it:
 
 1. validates each message (bad ones go to ``churnwatch.deadletter`` with a reason);
-2. folds valid events into customer state with ``retention.apply`` (idempotent);
-3. writes the partition's own record, then each touched customer, to the
-   ``customers`` table, within the context of an event of that partition so the
-   changelog record lands in the partition the state belongs to.
+2. aligns event time across topics: a consumer reads its topics at different
+   paces (in a backlog, one fetch of the sparse feedback topic can span weeks of
+   purchases still unread), so events later than the partition's *aligned* time,
+   up to which every topic with input left has been read, wait in the table;
+3. folds every aligned event, waiting or new, into customer state with
+   ``retention.apply`` (idempotent) in (event time, id hash) order, assessing
+   risk as it goes; ticks and the due-time index re-assess customers who went
+   quiet. State was already order-free; alignment makes risk assessments and
+   alerts independent of read order too, so a replay, a restart or a rebalance
+   gives the same alerts;
+4. writes newly waiting events, then the partition's own record, then each
+   touched customer, then the emptied waiting buckets, to the ``customers``
+   table, within the context of an event of that partition so the changelog
+   record lands in the partition the state belongs to.
 
-Writing the partition record first matters for at-least-once processing: records
-of one changelog partition are stored in send order, so after a crash the stored
-partition record (with its processed offsets and counters) is never behind the
-customer states. Redelivered messages are then recognised by offset and not
-counted twice, while their effect on state is deduplicated by event id.
+Writing the partition record before the customers matters for at-least-once
+processing: records of one changelog partition are stored in send order, so after
+a crash the stored partition record (with its processed offsets and counters) is
+never behind the customer states. Redelivered messages are then recognised by
+offset and not counted twice, while their effect on state is deduplicated by
+event id. Waiting events are stored before the record that marks their offsets
+processed, and removed only after the customers they were applied to.
 """
 
 from __future__ import annotations
@@ -27,15 +39,15 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 from faust.streams import Stream, _current_event
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 from prometheus_client import Counter
 
 from retention.alerts import Alert
-from retention.apply import apply
+from retention.apply import apply, id_hash
 from retention.calendar import Calendar
 from retention.partition import (
     PartitionState,
@@ -49,10 +61,10 @@ from retention.timeutil import DAY, SECOND, Micros, from_micros, to_micros
 from schemas.alert import AlertReason, AlertRecord, AlertSource
 from schemas.deadletter import DeadLetter
 from schemas.decode import Rejected
-from schemas.events import ClockTick, EventType, Feedback
+from schemas.events import ClockTick, Event, EventType, Feedback
 from streams import topics
 from streams.app import ChurnwatchApp
-from streams.partitions import due_bucket_key, partition_state_key
+from streams.partitions import due_bucket_key, partition_state_key, pending_bucket_key
 
 _JSON = msgspec.json.Encoder()
 _BUCKET_ENCODER = msgspec.msgpack.Encoder()
@@ -62,6 +74,11 @@ _BUCKET_DECODER = msgspec.msgpack.Decoder(dict[bytes, int])
 #: later event look late.
 MAX_FUTURE = DAY
 INPUTS = len(topics.INPUT_TOPICS)
+INPUT_NAMES = tuple(topics.INPUT_TOPICS)
+_PENDING_ENCODER = msgspec.msgpack.Encoder()
+_PENDING_DECODER = msgspec.msgpack.Decoder(
+    list[tuple[str, int, int, int, bytes, bytes, int | None, float | None]]
+)
 
 
 @contextmanager
@@ -111,7 +128,33 @@ class CustomerBatch:
         raw = self.table.get(partition_state_key(partition))
         return PartitionState(partition=partition) if raw is None else decode_partition(raw)
 
+    def _idle(self, partition: int, pstate: PartitionState) -> set[str]:
+        """Input topics read to their end on ``partition``: they hold nothing back.
+
+        A partition whose end offset the consumer does not know (not fetched yet, or
+        no consumer, as under Faust's test context) counts as read to its end.
+        """
+        idle = set()
+        consumer = self.app.consumer
+        for topic in INPUT_NAMES:
+            try:
+                high = consumer.highwater(TP(topic, partition))
+            except Exception:  # no consumer thread (test context)
+                high = None
+            if high is None or pstate.offsets.get(topic, -1) + 1 >= high:
+                idle.add(topic)
+        return idle
+
     def _process_partition(self, partition: int, group: list[EventT]) -> None:
+        """Read the batch, then apply what is aligned in event-time order.
+
+        Events are first validated and counted as consumed; those later than the
+        partition's aligned time (``PartitionState.align``) wait in the table; then
+        every aligned event, waiting or new, is applied in (event time, id hash)
+        order. A customer's events therefore meet the state in the order they
+        happened, whichever input topic the consumer read further ahead, and so do
+        risk assessments and alerts.
+        """
         table = self.table
         metrics = self.metrics
         pstate = self._load_partition(partition)
@@ -119,12 +162,9 @@ class CustomerBatch:
         book = pstate.periods
         wall = time.time()
         future_limit = round(wall * SECOND) + MAX_FUTURE
-        touched: dict[bytes, CustomerState] = {}
-        tiers_before: dict[bytes, RiskSummary | None] = {}
-        lifecycle = self.lifecycle
-        alerts: list[tuple[Alert, Any]] = []
         counts: dict[tuple[str, str], int] = defaultdict(int)
         latencies: list[float] = []
+        arrivals: list[Arrival] = []
         for event in group:
             message = event.message
             topic = message.topic
@@ -136,7 +176,6 @@ class CustomerBatch:
                     moment = to_micros(tick.time)
                     pstate.tick(moment)
                     periods.extend(book, moment)
-                    periods.close(book, pstate.watermark)
                     if not redelivered:
                         pstate.ticks += 1
                         counts["consumed", "tick"] += 1
@@ -156,6 +195,68 @@ class CustomerBatch:
                 rejected = Rejected("future_time", "occurred_at is more than a day ahead")
                 self._reject(message, rejected, pstate, redelivered, counts)
                 continue
+            if message.timestamp:
+                latencies.append(wall - message.timestamp)
+            arrivals.append(
+                Arrival(
+                    (at, id_hash(decoded.event_id), topic, message.offset),
+                    decoded,
+                    message,
+                    pstate.watermark,
+                    redelivered,
+                )
+            )
+            pstate.observe(topic, at, INPUTS)
+        aligned = pstate.align(INPUT_NAMES, self._idle(partition, pstate), self.lateness)
+        waiting = PendingBuckets(table, partition, pstate)
+        ready: list[Arrival] = []
+        for arrival in arrivals:
+            if aligned is not None and arrival.order[0] <= aligned:
+                ready.append(arrival)
+            elif not arrival.redelivered:
+                waiting.add(arrival)
+            # else: a redelivered event later than ``aligned`` is waiting already
+            # (the bucket is written before the partition record that knows its offset)
+        if aligned is not None:
+            ready.extend(waiting.release(aligned, self.decoder))
+        ready.sort(key=lambda arrival: arrival.order)
+        self._apply_ready(pstate, ready, counts, waiting, group[-1].message)
+        families: dict[str, dict[str, Counter]] = {
+            "consumed": metrics.consumed,
+            "valid": metrics.valid,
+            "duplicate": metrics.duplicates,
+            "late": metrics.late,
+            "rejected": metrics.rejected,
+        }
+        for (family, label), n in counts.items():
+            families[family][label].inc(n)
+        observe = metrics.latency.observe
+        for latency in latencies:
+            observe(latency)
+
+    def _apply_ready(
+        self,
+        pstate: PartitionState,
+        ready: list[Arrival],
+        counts: dict[tuple[str, str], int],
+        waiting: PendingBuckets,
+        last: Any,
+    ) -> None:
+        table = self.table
+        metrics = self.metrics
+        periods = self.periods
+        book = pstate.periods
+        partition = pstate.partition
+        touched: dict[bytes, CustomerState] = {}
+        tiers_before: dict[bytes, RiskSummary | None] = {}
+        lifecycle = self.lifecycle
+        alerts: list[tuple[Alert, Any]] = []
+        for arrival in ready:
+            message = arrival.message
+            decoded = arrival.event
+            redelivered = arrival.redelivered
+            kind = topics.INPUT_TOPICS[message.topic]
+            at = arrival.order[0]
             key = message.key
             assert key is not None  # the decoder rejects keyless messages
             state = touched.get(key)
@@ -176,7 +277,7 @@ class CustomerBatch:
             if not redelivered:
                 periods.extend(book, at)
                 before = periods.snapshot(book, state)
-            applied = apply(state, decoded, pstate.watermark or at, self.policy)
+            applied = apply(state, decoded, arrival.watermark or at, self.policy)
             touched[key] = applied.state
             if not applied.duplicate:
                 current = applied.state
@@ -190,11 +291,7 @@ class CustomerBatch:
             if not redelivered and not applied.duplicate:
                 periods.update(book, before, applied.state, at)
                 if isinstance(decoded, Feedback):
-                    periods.feedback(book, at, decoded.kind, decoded.score, pstate.watermark or at)
-            pstate.observe(topic, at, INPUTS)
-            periods.close(book, pstate.watermark)
-            if message.timestamp:
-                latencies.append(wall - message.timestamp)
+                    periods.feedback(book, at, decoded.kind, decoded.score, arrival.watermark or at)
             if redelivered:
                 continue
             if applied.duplicate:
@@ -206,43 +303,36 @@ class CustomerBatch:
                 if applied.late:
                     pstate.late += 1
                     counts["late", kind] += 1
+        settled = pstate.settled
+        periods.close(book, settled)
         buckets = DueBuckets(table, partition)
         for key, state in touched.items():
             self._schedule(buckets, pstate, key, state)
-        if pstate.watermark is not None:
+        if settled is not None:
             self._process_due(
                 buckets,
                 pstate,
-                pstate.watermark - self.lateness,
+                settled - self.lateness,
                 touched,
                 tiers_before,
                 alerts,
-                group[-1].message,
+                last,
             )
         for key, state in touched.items():
             pstate.move_risk(tiers_before.get(key), _summary(state))
-        # Partition record first: see the module docstring.
+        # Waiting events first, then the partition record, then customers, then the
+        # buckets emptied by this batch: see the module docstring.
+        waiting.write_added()
         table[partition_state_key(partition)] = encode_partition(pstate)
         for key, state in touched.items():
             table[key] = encode_state(state)
         buckets.write()
+        waiting.write_released()
         if self.sink is not None:
             for state in touched.values():
                 self.sink.offer(state)
         for alert, source in alerts:
             self._emit(alert, source)
-        families: dict[str, dict[str, Counter]] = {
-            "consumed": metrics.consumed,
-            "valid": metrics.valid,
-            "duplicate": metrics.duplicates,
-            "late": metrics.late,
-            "rejected": metrics.rejected,
-        }
-        for (family, label), n in counts.items():
-            families[family][label].inc(n)
-        observe = metrics.latency.observe
-        for latency in latencies:
-            observe(latency)
 
     def _schedule(
         self, buckets: DueBuckets, pstate: PartitionState, key: bytes, state: CustomerState
@@ -382,6 +472,126 @@ def _summary(state: CustomerState | None) -> RiskSummary | None:
     mark = state.risk
     bucket = "churned" if mark.status == "churned" else mark.tier
     return (bucket, mark.value_at_risk, mark.clv)
+
+
+#: (event time, id hash, topic, offset): the order events are applied in.
+Order = tuple[int, int, str, int]
+
+
+class Arrival(NamedTuple):
+    """A valid input event read in this batch or released from waiting."""
+
+    order: Order
+    event: Event
+    message: Any  # the Kafka message, or a _Source for a released event
+    watermark: Micros | None  # the partition's watermark when it was read
+    redelivered: bool
+
+
+class _Source(NamedTuple):
+    """What ``_emit`` and ``_apply_ready`` read of a message, for released events."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    timestamp: float | None
+
+
+class PendingBuckets:
+    """Events waiting for the partition's aligned time, per UTC day of event time.
+
+    Stored in the customers table (same changelog partition as the partition
+    record), keyed by (topic, offset) so that writing one again is harmless. Write
+    order makes a crash safe: new waiting events are stored before the partition
+    record that marks their offsets processed; emptied buckets are written after
+    the customers their events were applied to, and the partition record's
+    ``released`` key tells a later batch which stored events it already counted.
+    """
+
+    def __init__(self, table: Any, partition: int, pstate: PartitionState) -> None:
+        self.table = table
+        self.partition = partition
+        self.pstate = pstate
+        self.loaded: dict[int, dict[tuple[str, int], tuple[Any, ...]]] = {}
+        self.added: set[int] = set()
+        self.removed: dict[int, set[tuple[str, int]]] = {}
+
+    def _get(self, day: int) -> dict[tuple[str, int], tuple[Any, ...]]:
+        bucket = self.loaded.get(day)
+        if bucket is None:
+            raw = self.table.get(pending_bucket_key(self.partition, day))
+            entries = [] if raw is None else _PENDING_DECODER.decode(raw)
+            bucket = {(e[0], e[1]): e for e in entries}
+            self.loaded[day] = bucket
+        return bucket
+
+    def add(self, arrival: Arrival) -> None:
+        at, tie, topic, offset = arrival.order
+        message = arrival.message
+        day = at // DAY
+        bucket = self._get(day)
+        if (topic, offset) not in bucket:
+            self.pstate.pending += 1
+        bucket[topic, offset] = (
+            topic, offset, at, tie, message.key, message.value, arrival.watermark,
+            message.timestamp,
+        )  # fmt: skip
+        self.added.add(day)
+        days = self.pstate.pending_days
+        index = bisect.bisect_left(days, day)
+        if index == len(days) or days[index] != day:
+            days.insert(index, day)
+
+    def release(self, aligned: Micros, decoder: Any) -> list[Arrival]:
+        """Every waiting event at or before ``aligned``, decoded again (the bytes
+        passed validation when they were read; the decoder is deterministic)."""
+        pstate = self.pstate
+        done = pstate.released
+        out: list[Arrival] = []
+        days = pstate.pending_days
+        while days and days[0] <= aligned // DAY:
+            day = days[0]
+            bucket = self._get(day)
+            gone = self.removed.setdefault(day, set())
+            for ident, entry in bucket.items():
+                topic, offset, at, tie, key, value, watermark, timestamp = entry
+                if at > aligned or ident in gone:
+                    continue
+                gone.add(ident)
+                order = (at, tie, topic, offset)
+                counted = done is not None and order <= done
+                if not counted:
+                    pstate.pending -= 1
+                    if pstate.released is None or order > pstate.released:
+                        pstate.released = order
+                event = decoder.decode(topics.INPUT_TOPICS[topic], key, value)
+                source = _Source(topic, self.partition, offset, key, value, timestamp)
+                out.append(Arrival(order, event, source, watermark, counted))
+            if len(gone) < len(bucket):
+                break  # the rest of this day is still waiting
+            days.pop(0)
+        return out
+
+    def _write(self, day: int, bucket: dict[tuple[str, int], tuple[Any, ...]]) -> None:
+        key = pending_bucket_key(self.partition, day)
+        if bucket:
+            self.table[key] = _PENDING_ENCODER.encode(list(bucket.values()))
+        elif key in self.table:
+            del self.table[key]
+
+    def write_added(self) -> None:
+        """Buckets that gained events, as they were before this batch released any."""
+        for day in sorted(self.added):
+            self._write(day, self.loaded[day])
+
+    def write_released(self) -> None:
+        for day in sorted(self.removed):
+            gone = self.removed[day]
+            if gone:
+                bucket = self.loaded[day]
+                self._write(day, {k: v for k, v in bucket.items() if k not in gone})
 
 
 class DueBuckets:

@@ -10,6 +10,8 @@ never older than the customer states it describes (see ``agents/customers.py``).
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable
+
 import msgspec
 
 from retention.periods import PeriodBook
@@ -54,6 +56,60 @@ class PartitionState(msgspec.Struct, kw_only=True):
     #: Value at risk by tier and predicted CLV of customers not churned (cents).
     value_at_risk: dict[str, int] = msgspec.field(default_factory=dict)
     clv: int = 0
+    #: Event time up to which every input topic of the partition has been read (or
+    #: has nothing more to read): events after it wait, so that a customer's events
+    #: are applied in event-time order whichever topic a consumer happens to read
+    #: first. See ``align``.
+    aligned: Micros | None = None
+    #: UTC days that have a bucket of events waiting for ``aligned`` (sorted).
+    pending_days: list[int] = msgspec.field(default_factory=list)
+    #: Events waiting; counted in ``consumed``, not yet in valid or duplicates.
+    pending: int = 0
+    #: Sort key (at, tie, topic, offset) of the last event released from waiting:
+    #: after a crash, a waiting event at or below it was released (and counted) by
+    #: a batch whose partition record was stored, so it is applied again uncounted.
+    released: tuple[int, int, str, int] | None = None
+
+    def align(self, topics: Iterable[str], idle: Container[str], slack: Micros) -> Micros | None:
+        """Move ``aligned`` to the least highest event time, less ``slack`` (the
+        allowed lateness: how far a topic's own events may be out of order), of the
+        topics that still have input to read; a topic read to its end (``idle``)
+        holds nothing back.
+        With every topic read to its end, everything read so far is aligned, up to
+        the latest clock tick if that is later.
+
+        Never moves back: a topic that was idle and gets new input only makes its
+        new events wait or, if older than ``aligned``, be applied out of order, as is
+        an event more than ``slack`` behind its own topic's frontier.
+        """
+        held: list[Micros] = []
+        for topic in topics:
+            if topic in idle:
+                continue
+            frontier = self.frontiers.get(topic)
+            if frontier is None:
+                return self.aligned  # a topic with input but nothing read yet
+            held.append(frontier - slack)
+        if held:
+            candidate = min(held)
+        else:
+            # Nothing left to read: up to the latest event or clock tick seen, as the
+            # watermark (a tick says no input is older than the tick's time).
+            seen = [*self.frontiers.values(), *([] if self.clock is None else [self.clock])]
+            if not seen:
+                return self.aligned
+            candidate = max(seen)
+        if self.aligned is None or candidate > self.aligned:
+            self.aligned = candidate
+        return self.aligned
+
+    @property
+    def settled(self) -> Micros | None:
+        """Event time up to which input is complete *and* applied in order: periods
+        close and lapses are assessed against it, never ahead of waiting events."""
+        if self.watermark is None or self.aligned is None:
+            return None
+        return min(self.watermark, self.aligned)
 
     def move_risk(self, old: RiskSummary | None, new: RiskSummary | None) -> None:
         """A customer's summary went from ``old`` to ``new``: keep the sums exact."""

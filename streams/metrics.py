@@ -147,7 +147,7 @@ class PartitionCollector(Collector):
                 seconds = state.watermark / SECOND
                 watermark.add_metric([label], seconds)
                 lag.add_metric([label], now - seconds)
-            for outcome in ("consumed", "valid", "deadletter", "duplicates", "late"):
+            for outcome in ("consumed", "valid", "deadletter", "duplicates", "late", "pending"):
                 events.add_metric([label, outcome], getattr(state, outcome))
             book = state.periods
             if state.watermark is not None:

@@ -25,6 +25,11 @@ def due_bucket_key(partition: int, day: int) -> bytes:
     return b"\x00due/%d/%d" % (partition, day)
 
 
+def pending_bucket_key(partition: int, day: int) -> bytes:
+    """Events of ``partition`` on UTC ``day`` waiting for the aligned time (see agents)."""
+    return b"\x00pending/%d/%d" % (partition, day)
+
+
 def is_customer_key(key: bytes) -> bool:
     return not key.startswith(b"\x00")
 
