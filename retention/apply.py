@@ -36,14 +36,16 @@ LOW_CSAT_MAX: Final = 2  # CSAT 1-2 counts as a bad experience
 class Policy:
     """The knobs of ``apply``; defaults documented in the README's configuration table.
 
-    ``dedup_ids`` bounds how many recent event ids a customer remembers per event
-    type: a duplicate is recognised while its original is among the customer's
-    ``dedup_ids`` most recent events of its type (by event time). Redeliveries after
-    a worker restart and producer retries are recent, so a small bound covers them
-    at a few hundred bytes per customer.
+    ``dedup_ids`` bounds how many event ids a customer remembers per event type;
+    0 (the default) remembers them all. Redeliveries after a worker restart and
+    producer retries are recent, but a source that re-sends its whole history (a
+    connector reset, a replay into a live topic) is not: only remembering every id
+    makes any duplicate harmless, at about 30 bytes per event of state. With a bound,
+    a duplicate is recognised while its original is among the customer's
+    ``dedup_ids`` most recent events of its type (by event time).
     """
 
-    dedup_ids: int = 16
+    dedup_ids: int = 0
     negatives: int = 8
     marks: int = 8  # signups and cancellations remembered for period figures
     lateness: Micros = 6 * 3600 * 1_000_000
@@ -111,6 +113,8 @@ def _remember(seen: list[Seen], item: Seen, capacity: int) -> None:
     # of another (in a replay, days ahead): a shared bound would let a customer's
     # purchases push out the id of a feedback event whose duplicate is still coming.
     bisect.insort(seen, item, key=lambda s: (s.at, s.id_hash))
+    if not capacity:
+        return
     same = [s for s in seen if s.kind == item.kind]
     if len(same) > capacity:
         seen.remove(same[0])

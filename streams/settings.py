@@ -66,7 +66,7 @@ class Settings:
     batch_max: int = 1000
     batch_within: float = 0.05
     max_event_bytes: int = 64 * 1024
-    dedup_ids: int = 16
+    dedup_ids: int = 0
     session_timeout: float = 10.0
     commit_interval: float = 1.0
     standby_replicas: int = 1
@@ -89,8 +89,8 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}REDIS_URL: expected redis://host:port/db, got {self.redis_url!r}"
             )
-        if self.dedup_ids < 1:
-            raise SettingsError(f"{PREFIX}DEDUP_IDS: must be at least 1")
+        if self.dedup_ids < 0:
+            raise SettingsError(f"{PREFIX}DEDUP_IDS: must be 0 (remember every id) or more")
         if not self.broker.startswith(("kafka://", "aiokafka://")):
             raise SettingsError(
                 f"{PREFIX}BROKER: expected kafka://host:port[;host:port], got {self.broker!r}"
