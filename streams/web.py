@@ -5,16 +5,25 @@ partition (a request to another worker is forwarded there by Faust's router), an
 from the Redis view when the owner cannot be reached. ``/at-risk`` reads the Redis
 queues. Both answer JSON, with 400 for bad parameters and 404 for unknown ids;
 ``/health`` and ``/metrics`` are for operators and Prometheus.
+
+The port has no authentication (README, Threat model: put it behind a proxy), but
+whoever reaches it must not be able to make the worker do much work or fail with a
+500: a middleware refuses long URLs (414) and request bodies (413, no endpoint takes
+one) before any view runs, and answers every error, aiohttp's own 404 and 405
+included, as the same JSON object. Requests beyond aiohttp's parser limits (8190
+bytes per request or header line, 128 headers) are refused by aiohttp itself (400).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
-from faust.exceptions import SameNode
+from aiohttp import web
+from faust.exceptions import NotReady, SameNode
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import generate_latest
@@ -38,11 +47,46 @@ _ROUTED_HEADER: Final = "X-Churnwatch-Routed"
 #: Which worker answered (its advertised URL), on /customers responses.
 WORKER_HEADER: Final = "X-Churnwatch-Worker"
 _SEGMENT = re.compile(r"^[\w.\- ]{1,64}$")
+#: Longest raw (percent-encoded) path and query string accepted: a 128-character id
+#: of 4-byte characters is 1536 bytes encoded; the API's queries need < 100 bytes.
+MAX_PATH: Final = 2048
+MAX_QUERY: Final = 1024
+_HANDLER = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status)
+
+
+@web.middleware
+async def guard(request: web.Request, handler: _HANDLER) -> web.StreamResponse:
+    """Size limits first, then the view; every error comes back as JSON."""
+    path, _, query = request.raw_path.partition("?")
+    if len(path) > MAX_PATH or len(query) > MAX_QUERY:
+        return _error(414, f"URI too long (path at most {MAX_PATH}, query {MAX_QUERY} bytes)")
+    if request.body_exists:  # chunked, or a Content-Length above 0
+        return _error(413, "request bodies are not accepted")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+    except Exception:
+        # %r: the path is client input and must not reach a terminal unescaped.
+        log.exception("error serving %s %r", request.method, request.path[:200])
+        return _error(500, "internal error")
 
 
 def install_views(app: ChurnwatchApp) -> None:
     def error(view: View, status: int, message: str, **extra: Any) -> Response:
         return view.json({"error": message, "status": status, **extra}, status=status)
+
+    # The aiohttp application exists from the first view on and is frozen when the
+    # server starts, which is after the app is built: middlewares can still be added.
+    web_app = getattr(app.web, "web_app", None)
+    if isinstance(web_app, web.Application):
+        web_app.middlewares.append(guard)
 
     @app.page("/metrics")
     class Metrics(View):
@@ -89,14 +133,23 @@ def install_views(app: ChurnwatchApp) -> None:
         async def get(self, request: Request, customer_id: str) -> Response:
             if not customer_id or len(customer_id) > MAX_ID:
                 return error(self, 400, f"customer id must be 1 to {MAX_ID} characters")
+            if not customer_id.isprintable():
+                # No event with such an id is ever accepted (schemas/events.py).
+                return error(self, 400, "customer id must not contain control characters")
             key = customer_id.encode()
             if _ROUTED_HEADER not in request.headers:
                 try:
                     return await _route(app, self, request, key)
                 except SameNode:
                     pass
-                except (ServiceUnavailable, KeyError, aiohttp.ClientError, OSError) as exc:
-                    log.info("routing /customers/%r failed (%s); using Redis", customer_id, exc)
+                except (
+                    ServiceUnavailable,
+                    NotReady,  # no producer yet: the owner cannot be known
+                    KeyError,
+                    aiohttp.ClientError,
+                    OSError,
+                ) as exc:
+                    log.info("routing /customers/%r failed (%r); using Redis", customer_id, exc)
                     return await _from_redis(app, self, customer_id)
             raw = app.customers.get(key)
             if raw is None:
@@ -112,6 +165,8 @@ def install_views(app: ChurnwatchApp) -> None:
             unknown = set(query) - {"tier", "limit", "segment"}
             if unknown:
                 return error(self, 400, f"unknown parameter(s): {', '.join(sorted(unknown))}")
+            if len(query) != len(set(query)):
+                return error(self, 400, "each parameter may be given once")
             tier = query.get("tier") or None
             if tier is not None and tier not in TIERS:
                 return error(self, 400, f"tier must be one of {', '.join(TIERS)}")
@@ -157,13 +212,18 @@ async def _route(app: ChurnwatchApp, view: View, request: Request, key: bytes) -
 async def _from_redis(app: ChurnwatchApp, view: View, customer_id: str) -> Response:
     if app.redis_view is None:
         return view.json(
-            {"error": "the customer's worker cannot be reached and no Redis view is configured"},
+            {
+                "error": "the customer's worker cannot be reached and no Redis view is configured",
+                "status": 503,
+            },
             status=503,
         )
     try:
         found = await app.redis_view.get(customer_id)
     except Exception as exc:
-        return view.json({"error": f"Redis unavailable: {type(exc).__name__}"}, status=503)
+        return view.json(
+            {"error": f"Redis unavailable: {type(exc).__name__}", "status": 503}, status=503
+        )
     if found is None:
         return view.json(
             {"error": "unknown customer", "status": 404, "customer_id": customer_id}, status=404
