@@ -47,9 +47,10 @@ from faust.types import TP, EventT, StreamT
 from prometheus_client import Counter
 
 from retention.alerts import Alert
-from retention.apply import apply, id_hash
+from retention.apply import apply, id_hash, money
 from retention.calendar import Calendar
 from retention.partition import (
+    MONEY_BUDGET,
     PartitionState,
     RiskSummary,
     decode_partition,
@@ -61,7 +62,7 @@ from retention.timeutil import DAY, SECOND, Micros, from_micros, to_micros
 from schemas.alert import AlertReason, AlertRecord, AlertSource
 from schemas.deadletter import DeadLetter
 from schemas.decode import Rejected
-from schemas.events import ClockTick, Event, EventType, Feedback
+from schemas.events import Cancellation, ClockTick, Event, EventType, Feedback, Purchase, Signup
 from streams import topics
 from streams.app import ChurnwatchApp
 from streams.partitions import due_bucket_key, partition_state_key, pending_bucket_key
@@ -195,6 +196,16 @@ class CustomerBatch:
                 rejected = Rejected("future_time", "occurred_at is more than a day ahead")
                 self._reject(message, rejected, pstate, redelivered, counts)
                 continue
+            if not redelivered:
+                cost = _money_of(decoded)
+                if pstate.money + cost > MONEY_BUDGET:
+                    rejected = Rejected(
+                        "amount_overflow",
+                        "the partition's money sums would leave 64-bit integers",
+                    )
+                    self._reject(message, rejected, pstate, redelivered, counts)
+                    continue
+                pstate.money += cost
             if message.timestamp:
                 latencies.append(wall - message.timestamp)
             arrivals.append(
@@ -464,6 +475,15 @@ def _event_id(value: bytes) -> str | None:
         return _EVENT_ID.decode(value).event_id
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+
+
+def _money_of(event: Event) -> int:
+    """The money an event adds to sums kept in state (micro-units)."""
+    if isinstance(event, Purchase):
+        return money(event.amount) + money(event.cost_to_serve or 0.0)
+    if isinstance(event, Signup | Cancellation):
+        return money(event.monthly_fee or 0.0)
+    return 0
 
 
 def _summary(state: CustomerState | None) -> RiskSummary | None:

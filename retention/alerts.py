@@ -67,8 +67,15 @@ class Alert(msgspec.Struct, kw_only=True):
     dedup_key: str
 
 
+#: Cents kept per customer are clamped here: summed over a partition they must stay
+#: within the 64-bit integers the state is stored in, whatever a model predicts.
+MAX_CENTS = 10**15
+
+
 def cents(amount: float) -> int:
-    return round(amount * 100)
+    if amount != amount:  # NaN
+        return 0
+    return round(max(-MAX_CENTS, min(MAX_CENTS, amount * 100)))
 
 
 def dedup_key(customer_id: str, episode: Micros) -> str:

@@ -17,6 +17,10 @@ import msgspec
 from retention.periods import PeriodBook
 from retention.timeutil import Micros
 
+#: Exact money sums are stored as 64-bit integers of micro-units; a partition applies
+#: at most this much money in all (2**62 micro-units: 4.6e12 currency units).
+MONEY_BUDGET = 2**62
+
 #: (tier, or "churned"; value at risk; CLV), cents: what the partition sums count.
 RiskSummary = tuple[str, int, int]
 
@@ -69,6 +73,10 @@ class PartitionState(msgspec.Struct, kw_only=True):
     #: after a crash, a waiting event at or below it was released (and counted) by
     #: a batch whose partition record was stored, so it is applied again uncounted.
     released: tuple[int, int, str, int] | None = None
+    #: Money applied on the partition (micro-units): every money sum kept in state
+    #: (a customer's spend, a period's revenue, MRR) is at most this, so keeping it
+    #: under ``MONEY_BUDGET`` keeps them all within 64-bit integers.
+    money: int = 0
 
     def align(self, topics: Iterable[str], idle: Container[str], slack: Micros) -> Micros | None:
         """Move ``aligned`` to the least highest event time, less ``slack`` (the

@@ -24,6 +24,7 @@ RejectReason = Literal[
     "wrong_type",
     "key_mismatch",
     "future_time",
+    "amount_overflow",
 ]
 REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
 

@@ -37,12 +37,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-import pytest
 from faust.types import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retention.partition import PartitionState, decode_partition
+from retention.apply import money
+from retention.partition import MONEY_BUDGET, PartitionState, decode_partition
 from retention.state import CustomerState, decode_state
 from schemas.decode import EventDecoder, Rejected
 from streams import topics
@@ -429,13 +429,10 @@ def test_every_fixed_kind_of_garbage_at_once() -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="retention/: money sums are msgpack ints; 19 purchases of the maximum amount "
-    "(1e12) in one partition overflow 2**64 micro-units and crash the agent",
-)
 def test_the_largest_valid_amounts_do_not_crash_the_agent() -> None:
+    """Money sums are exact 64-bit integers of micro-units: once a partition's money
+    would pass MONEY_BUDGET, further money-bearing events are dead-lettered with
+    ``amount_overflow``, and the agent goes on."""
     items = [
         Sent(
             topics.PURCHASES,
@@ -445,4 +442,9 @@ def test_the_largest_valid_amounts_do_not_crash_the_agent() -> None:
         )
         for n in range(20)
     ]
-    asyncio.run(check(items))
+    mixed, _ = asyncio.run(feed(items))
+    fit = MONEY_BUDGET // money(1e12)
+    part = mixed.partition(0)
+    assert (part.consumed, part.valid, part.deadletter) == (20, fit, 20 - fit)
+    assert {record["reason"] for record in mixed.dead.values()} == {"amount_overflow"}
+    assert sum(state.spend for state in mixed.customers().values()) == fit * money(1e12)

@@ -36,8 +36,9 @@ from streams.redis_view import RedisView
 
 DECODER = EventDecoder()  # the worker's default limit (64 KiB)
 VIEW = RedisView("redis://localhost:1", prefix="cw")  # builds keys; never connects
-#: The agent adds ``future_time`` (it needs the wall clock); the decoder alone gives these.
-DECODER_REASONS = set(REJECT_REASONS) - {"future_time"}
+#: The agent adds ``future_time`` (it needs the wall clock) and ``amount_overflow`` (it
+#: needs the partition's sums); the decoder alone gives these.
+DECODER_REASONS = set(REJECT_REASONS) - {"future_time", "amount_overflow"}
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 #: The contract's time ranges: RFC 3339 with an offset, within these bounds (events
 #: more than a day ahead of the wall clock are then rejected by the worker).
