@@ -1,6 +1,6 @@
-"""Period figures and cohorts of a generated history (signups, fees, cancellations,
-feedback, duplicates, disorder within the lateness, malformed records) equal a
-batch recomputation, with two workers."""
+"""Period figures, cohorts and customer facts of a generated history (signups, fees,
+cancellations, feedback, duplicates, disorder within the lateness, malformed records)
+equal the independent batch oracle, with two workers."""
 
 from __future__ import annotations
 
@@ -9,28 +9,15 @@ from pathlib import Path
 import pytest
 
 from retention.calendar import Calendar
-from retention.timeutil import DAY, from_micros, parse_time, to_micros
-from schemas import Event, EventDecoder, Rejected
-from streams import topics
+from retention.timeutil import from_micros, parse_time
 from streams.generator import write_history
-from streams.inputs import read_events
 from streams.replay import replay
-from streams.report import build_report, period_line
+from streams.report import build_report
 from streams.settings import Settings
-from tests.oracle import batch, cohorts
+from tests.oracle import expected, facts_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 AS_OF = "2025-07-01T00:00:00Z"
-
-
-def valid_events(path: Path, before: int) -> list[Event]:
-    decoder = EventDecoder()
-    seen: dict[str, Event] = {}
-    for record in read_events(path, "jsonl"):
-        event = decoder.decode(topics.INPUT_TOPICS[record.topic], record.key, record.value)
-        if not isinstance(event, Rejected) and to_micros(event.occurred_at) < before:
-            seen.setdefault(event.event_id, event)
-    return list(seen.values())
 
 
 def test_generated_history_periods_equal_batch(tmp_path: Path) -> None:
@@ -50,16 +37,19 @@ def test_generated_history_periods_equal_batch(tmp_path: Path) -> None:
     )
     calendar = Calendar("month")
     report = build_report(result.partitions, as_of, len(result.customers), result.events, calendar)
-    events = valid_events(history, as_of)
-    expected = [
-        period_line(t.label, 0, 0, t.figures) for t in batch(events, calendar, 90 * DAY, as_of)
-    ]
+    truth = expected(history, as_of)
     assert result.events["late"] == 0
-    assert len(report["periods"]) == len(expected) >= 6
-    for got, want in zip(report["periods"], expected, strict=True):
+    for name in ("consumed", "valid", "deadletter", "duplicates"):
+        assert result.events[name] == truth.counts[name], name
+    assert len(report["periods"]) == len(truth.periods) >= 6
+    for got, want in zip(report["periods"], (p.line() for p in truth.periods), strict=True):
         for name, value in want.items():
-            if name not in {"start", "end"}:
-                assert got[name] == value, (want["period"], name, got[name], value)
-    assert report["cohorts"] == cohorts(events, calendar)
+            assert got[name] == value, (want["period"], name, got[name], value)
+    assert truth.compare_periods(result.partitions) == []
+    assert report["cohorts"] == truth.cohorts
+    facts = {cid: facts_of(state) for cid, state in result.customers.items()}
+    assert facts.keys() == truth.customers.keys()
+    wrong = [cid for cid in facts if facts[cid] != truth.customers[cid]]
+    assert not wrong, [(facts[c], truth.customers[c]) for c in wrong[:2]]
     assert sum(p["mrr_churned"] for p in report["periods"]) > 0
     assert sum(p["nps_responses"] for p in report["periods"]) > 0
