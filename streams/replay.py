@@ -3,9 +3,9 @@
 Events go through Kafka and the same worker processes as in production; results
 are read back from the ``customers`` table's changelog topic (the last record per
 key), not recomputed from the input. Steps: start a broker (unless one is given),
-create topics, start workers with the live clock off, publish the file (in event-time
-order unless asked to keep the file's order, as a history happened), wait until
-the workers have committed every input offset, send one final clock tick at
+create topics, publish the file (in event-time order unless asked to keep the
+file's order, as a history happened), start workers with the live clock off, wait
+until the workers have committed every input offset, send one final clock tick at
 ``as_of`` to every partition, wait for that too, then collect.
 """
 
@@ -72,7 +72,7 @@ class ReplayResult:
 
     @property
     def rate(self) -> float:
-        """Input events per second, from first publish to all input committed."""
+        """Input events per second, from the first worker ready to all input committed."""
         consumed = self.events["consumed"]
         return consumed / self.processing_seconds if self.processing_seconds > 0 else 0.0
 
@@ -176,25 +176,23 @@ def replay(
         timings: dict[str, float] = {}
         stage(f"creating topics ({partitions} partitions)")
         asyncio.run(create_topics(bootstrap, dict.fromkeys(topics.ALL_TOPICS, partitions)))
-        stage(f"starting {workers} worker(s)")
-        started = time.perf_counter()
-        procs = stack.enter_context(running_workers(settings, workers, workdir))
-        wait_settled(procs, partitions)
-        timings["workers_ready"] = time.perf_counter() - started
         stage("reading events")
         records = list(read_events(path, fmt))
         if order == "time":
             records.sort(key=_event_time)
-        # A first tick at the earliest event time, processed before any event is
-        # published, opens the periods every event falls in: which topic a worker
-        # happens to read first must not decide where a partition's first period starts.
+        # A first tick at the earliest event time, read before any event, opens the
+        # periods every event falls in: which topic a worker happens to read first
+        # must not decide where a partition's first period starts.
         times = [
             r.occurred_at for r in records if r.occurred_at is not None and r.occurred_at < as_of
         ]
         if times:
             asyncio.run(send_ticks(bootstrap, partitions, min(times)))
+        # The whole input is in the log before any worker reads: a topic is then read
+        # to its end only when it is, which is what lets event-time alignment apply
+        # every customer's events in order (agents/customers.py), so a replay's
+        # alerts depend on the input alone, not on how fast it was published.
         stage("publishing events")
-        began = time.perf_counter()
         published = asyncio.run(
             publish(
                 bootstrap,
@@ -204,6 +202,14 @@ def replay(
             )
         )
         timings["publish"] = published.seconds
+        stage(f"starting {workers} worker(s)")
+        started = time.perf_counter()
+        procs = stack.enter_context(running_workers(settings, workers, workdir))
+        procs[0].wait_ready()
+        began = time.perf_counter()
+        timings["first_worker_ready"] = began - started
+        wait_settled(procs, partitions)
+        timings["workers_ready"] = time.perf_counter() - started
         stage("waiting for the workers to process every event")
 
         def on_lag(lag: int) -> None:
