@@ -52,6 +52,11 @@ class PartitionState(msgspec.Struct, kw_only=True):
     late: int = 0
     ticks: int = 0
     offsets: dict[str, int] = msgspec.field(default_factory=dict)
+    #: ``offsets`` as they were before the batch that last wrote this record: that
+    #: batch's customer records follow this record in the changelog and a crash may
+    #: have cut them off, so a new owner resumes reading from here (see
+    #: ``agents/customers.py``, ``resume_offsets``) and redoes the batch, uncounted.
+    previous: dict[str, int] = msgspec.field(default_factory=dict)
     periods: PeriodBook = msgspec.field(default_factory=PeriodBook)
     #: UTC days that have a bucket of customers due for re-assessment (sorted).
     due_days: list[int] = msgspec.field(default_factory=list)
@@ -155,6 +160,11 @@ class PartitionState(msgspec.Struct, kw_only=True):
     def _advance(self, moment: Micros) -> None:
         if self.watermark is None or moment > self.watermark:
             self.watermark = moment
+
+    def resume_offsets(self) -> dict[str, int]:
+        """Per source topic, the first offset whose effects may be missing from the
+        state recovered with this record."""
+        return {topic: offset + 1 for topic, offset in self.previous.items()}
 
     def is_redelivery(self, topic: str, offset: int) -> bool:
         return offset <= self.offsets.get(topic, -1)
