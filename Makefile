@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools demo test lint typecheck unit agent integration schemas dashboards bench replay-cdnow backtest-cdnow calibrate clean
+.PHONY: help install tools demo test lint typecheck unit agent integration reliability schemas dashboards bench soak replay-cdnow backtest-cdnow calibrate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +51,14 @@ agent: $(STAMP) ## Agent tests (Faust test context, no broker)
 integration: $(STAMP) tools ## Integration tests against the embedded broker
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
+RELIABILITY_TESTS = tests/integration/test_chaos.py tests/integration/test_redelivery_order.py \
+  tests/integration/test_fuzz_worker.py tests/integration/test_recovery.py tests/integration/test_soak.py
+
+reliability: $(STAMP) tools ## Chaos, duplicates/order, fuzz, recovery and soak tests, then their closing figures
+	@mkdir -p out && rm -f out/reliability.jsonl
+	CHURNWATCH_RELIABILITY_OUT=$(CURDIR)/out/reliability.jsonl $(BIN)/pytest -m '' $(RELIABILITY_TESTS) $(PYTEST_ARGS); \
+	  status=$$?; $(BIN)/python -m tests.reliability out/reliability.jsonl; exit $$status
+
 dashboards: $(STAMP) ## Regenerate deploy/grafana/dashboards/ from deploy/grafana/build.py
 	$(BIN)/python deploy/grafana/build.py
 
@@ -59,6 +67,9 @@ schemas: $(STAMP) ## Regenerate schemas/json/ from the structs
 
 bench: $(STAMP) ## Run the benchmarks (prints measured figures)
 	$(BIN)/python -m bench.validation
+
+soak: $(STAMP) ## Soak one worker 10 min at 300 events/s: RSS and lag over time (SOAK_ARGS="--duration 120")
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 replay-cdnow: $(STAMP) ## Replay the CDNOW purchase log (writes out/cdnow-customers.jsonl, out/cdnow-report.json)
 	$(BIN)/churnwatch replay "$$($(BIN)/python -c 'import lifetimes,os;print(os.path.join(os.path.dirname(lifetimes.__file__),"datasets","CDNOW_master.txt"))')" \

@@ -49,6 +49,7 @@ from streams.kafka_admin import create_topics, read_all, wait_for_zero_lag
 from streams.replay import collect, send_ticks, wait_settled
 from streams.settings import Settings
 from streams.workers import WorkerProcess, local_settings
+from tests import reliability
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -253,6 +254,19 @@ def test_a_worker_dead_letters_fuzzed_garbage_and_keeps_going(tmp_path: Path) ->
     deadletter = sum(p.deadletter for p in partitions)
     print(f"consumed {consumed} = valid {valid} + dead-lettered {deadletter - dead_ticks}"
           f" + duplicates {duplicates} (and {dead_ticks} dead-lettered ticks)")  # fmt: skip
+    reliability.append(
+        {
+            "test": "fuzz: a live worker fed garbage on every topic",
+            "records": len(items),
+            "garbage": len(bad),
+            "consumed": consumed,
+            "valid": valid,
+            "duplicates": duplicates,
+            "deadletter": deadletter,
+            "deadletter_by_reason": dict(sorted(rejected.items())),
+            "worker_alive": True,
+        }
+    )
     assert consumed == inputs
     assert deadletter == sum(rejected.values())
     assert consumed == valid + (deadletter - dead_ticks) + duplicates
