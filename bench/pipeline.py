@@ -1,0 +1,280 @@
+"""Pipeline throughput, all measured in one run against one embedded broker and one
+input, so the ratios mean something on whatever machine runs it:
+
+1. ceiling: a raw aiokafka consumer (``getmany``, every value decoded) over the
+   input topics;
+2. Faust floor: a do-nothing Faust agent (``bench/floor.py``: the worker's Faust
+   settings and ``take_events`` batching, a body that only counts);
+3. churnwatch: the full worker (validation, alignment, state, periods, risk,
+   alerts, metrics), one worker process and then two;
+4. end-to-end latency at a fixed sub-saturation rate, from the record's Kafka
+   timestamp to its state written (the worker's latency histogram), p50 and p99.
+
+Rates are events per second from the first event processed to the last (polled
+every 50 ms), not including start-up. Start-up (launch to first event) is printed
+too. Figures are machine-dependent: compare the ratios.
+
+    python -m bench.pipeline [--customers 5000] [--days 365] [--rate 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from retention.timeutil import from_micros, parse_time
+from streams import topics
+from streams.broker import EmbeddedBroker
+from streams.generator import write_history
+from streams.inputs import Record, read_events
+from streams.kafka_admin import create_topics
+from streams.produce import publish
+from streams.settings import Settings, to_env
+from streams.workers import WorkerProcess, free_port, local_settings
+
+PARTITIONS = 4
+END = "2025-07-01T00:00:00Z"
+
+
+@dataclass
+class Run:
+    name: str
+    events: int
+    seconds: float  # first event processed to last
+    startup: float | None = None  # launch to first event processed
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def wait_counts(count: Callable[[], int], total: int, launched: float, timeout: float) -> Run:
+    """Poll ``count`` until it reaches ``total``; time first and last event."""
+    deadline = time.monotonic() + timeout
+    first: float | None = None
+    while True:
+        now = time.monotonic()
+        n = count()
+        if n and first is None:
+            first = now
+        if n >= total:
+            assert first is not None
+            return Run("", total, max(now - first, 1e-3), first - launched)
+        if now > deadline:
+            raise TimeoutError(f"{n} of {total} events after {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+async def ceiling(bootstrap: str, total: int) -> Run:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p) for topic in topics.INPUT_TOPICS for p in range(PARTITIONS)
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        decode = msgspec.json.Decoder().decode
+        seen = 0
+        started = time.monotonic()
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for records in batches.values():
+                for record in records:
+                    with contextlib.suppress(msgspec.DecodeError):
+                        decode(record.value or b"")
+                seen += len(records)
+        return Run("ceiling: aiokafka getmany + decode", seen, time.monotonic() - started)
+    finally:
+        await consumer.stop()
+
+
+def floor(settings: Settings, workdir: Path, total: int) -> Run:
+    status = workdir / "floor.json"
+    Path(settings.datadir).mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **to_env(settings), "BENCH_STATUS": str(status)}
+    log = (workdir / "floor.log").open("ab")
+    launched = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.floor", "worker", "-l", "warn", "--without-web"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def count() -> int:
+        if process.poll() is not None:
+            raise RuntimeError(f"the floor agent exited ({process.returncode}); see {log.name}")
+        try:
+            return int(json.loads(status.read_text())["count"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    try:
+        run = wait_counts(count, total, launched, timeout=600)
+        done = json.loads(status.read_text())
+        # The agent's own first/last event times are sharper than polling.
+        run.seconds = max(done["last"] - done["first"], 1e-3)
+        run.name = "Faust floor: do-nothing agent"
+        return run
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def churnwatch(settings: Settings, workdir: Path, total: int, workers: int) -> Run:
+    procs = [
+        WorkerProcess(
+            settings.replace(web_port=free_port(), datadir=str(workdir / f"w{n}")),
+            workdir / f"w{n}.log",
+        )
+        for n in range(workers)
+    ]
+    launched = time.monotonic()
+    for proc in procs:
+        proc.start()
+
+    def count() -> int:
+        n = 0
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(f"a worker exited:\n{proc.log_tail()}")
+            with contextlib.suppress(OSError):
+                n += int(proc.metric("churnwatch_events_consumed_total"))
+        return n
+
+    try:
+        run = wait_counts(count, total, launched, timeout=900)
+        run.name = f"churnwatch: full worker x{workers}"
+        return run
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus-style quantile from cumulative (upper bound, count) buckets."""
+    total = buckets[-1][1]
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            share = (rank - lower_count) / (count - lower_count) if count > lower_count else 0
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def latency(records: list[Record], rate: float, seconds: float, workdir: Path) -> dict[str, float]:
+    """A fresh broker and worker, input published at ``rate`` events/s; latency is
+    from each record's Kafka timestamp (set when published) to its state written."""
+    with EmbeddedBroker(log_path=workdir / "latency-broker.log") as broker:
+        asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS)))
+        settings = local_settings(Settings(), broker.url, PARTITIONS, workdir / "latency")
+        proc = WorkerProcess(settings, workdir / "latency-worker.log")
+        proc.start()
+        try:
+            proc.wait_ready()
+            sample = records[: int(rate * seconds)]
+            asyncio.run(publish(broker.bootstrap, sample, rate=rate))
+            deadline = time.monotonic() + 60
+            while proc.metric("churnwatch_events_consumed_total") < len(sample):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the latency run did not finish")
+                time.sleep(0.2)
+            buckets = []
+            for family in text_string_to_metric_families(proc.get_text("/metrics")):
+                for s in family.samples:
+                    if s.name == "churnwatch_event_latency_seconds_bucket":
+                        buckets.append((float(s.labels["le"]), s.value))
+            buckets.sort()
+            return {
+                "rate": rate,
+                "events": len(sample),
+                "p50_ms": 1000 * quantile(buckets, 0.5),
+                "p99_ms": 1000 * quantile(buckets, 0.99),
+            }
+        finally:
+            proc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=5000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--rate", type=float, default=600.0, help="latency run, events/s")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--out", type=Path, help="write the figures as JSON")
+    args = parser.parse_args()
+    end = parse_time(END)
+    with tempfile.TemporaryDirectory(prefix="churnwatch-bench-") as tmp:
+        workdir = Path(tmp)
+        history = workdir / "history.jsonl"
+        write_history(history, args.customers, args.days, 1, from_micros(end))
+        records = sorted(
+            (r for r in read_events(history, "jsonl") if r.occurred_at and r.occurred_at < end),
+            key=lambda r: r.occurred_at or 0,
+        )
+        print(f"input: {len(records):,} events, {args.customers:,} customers", file=sys.stderr)
+        runs: list[Run] = []
+        with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+            asyncio.run(
+                create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS))
+            )
+            total = asyncio.run(publish(broker.bootstrap, records)).published
+            runs.append(asyncio.run(ceiling(broker.bootstrap, total)))
+            print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+            base = Settings()
+            floor_settings = local_settings(base, broker.url, PARTITIONS, workdir / "f")
+            runs.append(floor(floor_settings, workdir, total))
+            print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+            for workers in (1, 2):
+                settings = local_settings(base, broker.url, PARTITIONS, workdir / f"c{workers}")
+                runs.append(churnwatch(settings, workdir, total, workers))
+                print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+        lat = latency(records, args.rate, args.latency_seconds, workdir)
+    floor_rate = runs[1].rate
+    one = runs[2].rate
+    print(f"\n{'run':<40}{'events/s':>12}{'vs floor':>10}{'start-up s':>12}")
+    for run in runs:
+        startup = "" if run.startup is None else f"{run.startup:.1f}"
+        print(f"{run.name:<40}{run.rate:>12,.0f}{run.rate / floor_rate:>10.2f}{startup:>12}")
+    print(f"\n2 workers / 1 worker: {runs[3].rate / one:.2f}x")
+    print(f"ceiling / churnwatch x1: {runs[0].rate / one:.1f}x")
+    print(
+        f"end-to-end latency at {lat['rate']:.0f} events/s ({lat['events']} events): "
+        f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms"
+    )
+    if args.out:
+        figures = {
+            "runs": [
+                {"name": r.name, "events": r.events, "seconds": r.seconds, "rate": r.rate,
+                 "startup": r.startup} for r in runs
+            ],
+            "latency": lat,
+        }  # fmt: skip
+        args.out.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
