@@ -44,15 +44,14 @@ from hypothesis import strategies as st
 from retention.apply import money
 from retention.partition import MONEY_BUDGET, PartitionState, decode_partition
 from retention.state import CustomerState, decode_state
-from schemas.decode import EventDecoder, Rejected
 from streams import topics
 from streams.app import ChurnwatchApp, create_app
 from streams.partitions import is_customer_key, partition_state_key
 from streams.settings import Settings
+from tests.reasons import reason_for
 
 PARTITIONS = 2
 CUSTOMERS = [f"c{n}" for n in range(6)]
-DECODER = EventDecoder()
 WAIT = 20.0  # seconds for the agent to process one example's messages
 
 
@@ -329,15 +328,7 @@ def mixtures(draw: st.DrawFn) -> list[Sent]:
 
 def expected_reason(item: Sent, now: datetime) -> str | None:
     """The reason ``item`` must be dead-lettered for, or None if it must be applied."""
-    if item.topic == topics.CLOCK:
-        tick = DECODER.decode_tick(item.value)
-        return tick.reason if isinstance(tick, Rejected) else None
-    decoded = DECODER.decode(topics.INPUT_TOPICS[item.topic], item.key, item.value)
-    if isinstance(decoded, Rejected):
-        return decoded.reason
-    if decoded.occurred_at > now + timedelta(days=1):
-        return "future_time"
-    return None
+    return reason_for(item.topic, item.key, item.value, now)
 
 
 def without_risk(states: dict[str, CustomerState]) -> dict[str, CustomerState]:

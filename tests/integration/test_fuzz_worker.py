@@ -39,7 +39,6 @@ from aiokafka import AIOKafkaProducer
 
 from retention.state import CustomerState
 from retention.timeutil import to_micros
-from schemas.decode import EventDecoder, Rejected
 from streams import topics
 from streams.broker import EmbeddedBroker
 from streams.generator import write_history
@@ -50,13 +49,13 @@ from streams.replay import collect, send_ticks, wait_settled
 from streams.settings import Settings
 from streams.workers import WorkerProcess, local_settings
 from tests import reliability
+from tests.reasons import reason_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PARTITIONS = 2
 SEED = 6
 END = datetime(2025, 7, 1, tzinfo=UTC)
-DECODER = EventDecoder()
 BIG = 1_200_000  # bytes: over 1 MB
 
 
@@ -139,13 +138,8 @@ def garbage(rng: random.Random, valid: list[bytes]) -> list[Sent]:
 
 
 def expected_reason(item: Sent, now: datetime) -> str | None:
-    if item.topic == topics.CLOCK:
-        tick = DECODER.decode_tick(item.value)
-        return tick.reason if isinstance(tick, Rejected) else None
-    decoded = DECODER.decode(topics.INPUT_TOPICS[item.topic], item.key, item.value)
-    if isinstance(decoded, Rejected):
-        return decoded.reason
-    return "future_time" if decoded.occurred_at > now + timedelta(days=1) else None
+    """The reason ``item`` must be dead-lettered for, or None if it must be applied."""
+    return reason_for(item.topic, item.key, item.value, now)
 
 
 async def publish(bootstrap: str, items: list[Sent]) -> None:
