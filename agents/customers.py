@@ -479,9 +479,11 @@ _EVENT_ID = msgspec.json.Decoder(_EventId)
 
 
 def _event_id(value: bytes) -> str | None:
+    # The source of an alert found by the due-time index is the batch's last message,
+    # which may be one the decoder rejected: nested too deep for msgspec, for one.
     try:
         return _EVENT_ID.decode(value).event_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
 
 

@@ -439,3 +439,24 @@ def test_the_largest_valid_amounts_do_not_crash_the_agent() -> None:
     assert (part.consumed, part.valid, part.deadletter) == (20, fit, 20 - fit)
     assert {record["reason"] for record in mixed.dead.values()} == {"amount_overflow"}
     assert sum(state.spend for state in mixed.customers().values()) == fit * money(1e12)
+
+
+def test_an_alert_whose_source_is_a_rejected_deeply_nested_message() -> None:
+    """Found by the hypothesis test above: a lapse alert raised at the end of a batch
+    names the batch's last message as its source; when that message was rejected for
+    nesting too deep, reading its event id crashed the agent (RecursionError)."""
+    signup = json.dumps(body("signup", "e0", "c0", EPOCH_2024)).encode()
+    deep = (
+        b'{"type": "purchase", "event_id": "g", "customer_id": "c0", '
+        b'"occurred_at": "2024-01-01T00:00:00+00:00", "amount": 12.5, "cost_to_serve": '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}"
+    )
+    tick = json.dumps({"time": (EPOCH_2024 + timedelta(days=53)).isoformat()}).encode()
+    items = [
+        Sent(topics.SIGNUPS, 0, b"c0", signup),
+        Sent(topics.CLOCK, 0, None, tick),
+        Sent(topics.PURCHASES, 0, b"c0", deep),
+    ]
+    asyncio.run(check(items))
