@@ -56,6 +56,8 @@ class Run:
     events: int
     seconds: float  # first event processed to last
     startup: float | None = None  # launch to first event processed
+    rss: float = 0.0  # bytes, all worker processes, when the last event is processed
+    customers: int = 0
 
     @property
     def rate(self) -> float:
@@ -164,6 +166,8 @@ def churnwatch(settings: Settings, workdir: Path, total: int, workers: int) -> R
     try:
         run = wait_counts(count, total, launched, timeout=900)
         run.name = f"churnwatch: full worker x{workers}"
+        run.rss = sum(proc.metric("process_resident_memory_bytes") for proc in procs)
+        run.customers = int(sum(proc.metric("churnwatch_customers") for proc in procs))
         return run
     finally:
         for proc in procs:
@@ -195,6 +199,7 @@ def latency(records: list[Record], rate: float, seconds: float, workdir: Path) -
         proc.start()
         try:
             proc.wait_ready()
+            idle_rss = proc.metric("process_resident_memory_bytes")
             sample = records[: int(rate * seconds)]
             asyncio.run(publish(broker.bootstrap, sample, rate=rate))
             deadline = time.monotonic() + 60
@@ -213,6 +218,7 @@ def latency(records: list[Record], rate: float, seconds: float, workdir: Path) -
                 "events": len(sample),
                 "p50_ms": 1000 * quantile(buckets, 0.5),
                 "p99_ms": 1000 * quantile(buckets, 0.99),
+                "idle_rss": idle_rss,
             }
         finally:
             proc.stop()
@@ -260,6 +266,12 @@ def main() -> None:
         startup = "" if run.startup is None else f"{run.startup:.1f}"
         print(f"{run.name:<40}{run.rate:>12,.0f}{run.rate / floor_rate:>10.2f}{startup:>12}")
     print(f"\n2 workers / 1 worker: {runs[3].rate / one:.2f}x")
+    single = runs[2]
+    per_customer = (single.rss - lat["idle_rss"]) / max(single.customers, 1)
+    print(
+        f"memory store, 1 worker: RSS {single.rss / 2**20:.0f} MB with {single.customers:,} "
+        f"customers, {lat['idle_rss'] / 2**20:.0f} MB idle: {per_customer:,.0f} B per customer"
+    )
     print(f"ceiling / churnwatch x1: {runs[0].rate / one:.1f}x")
     print(
         f"end-to-end latency at {lat['rate']:.0f} events/s ({lat['events']} events): "
@@ -269,7 +281,7 @@ def main() -> None:
         figures = {
             "runs": [
                 {"name": r.name, "events": r.events, "seconds": r.seconds, "rate": r.rate,
-                 "startup": r.startup} for r in runs
+                 "startup": r.startup, "rss": r.rss, "customers": r.customers} for r in runs
             ],
             "latency": lat,
         }  # fmt: skip
