@@ -360,10 +360,7 @@ class CustomerBatch:
         if due is not None:
             day = due // DAY
             buckets.add(day, key, due)
-            days = pstate.due_days
-            index = bisect.bisect_left(days, day)
-            if index == len(days) or days[index] != day:
-                days.insert(index, day)
+            _note_day(pstate.due_days, day)
 
     def _process_due(
         self,
@@ -487,6 +484,13 @@ def _event_id(value: bytes) -> str | None:
         return None
 
 
+def _note_day(days: list[int], day: int) -> None:
+    """Add ``day`` to the sorted day index of a partition's buckets, once."""
+    index = bisect.bisect_left(days, day)
+    if index == len(days) or days[index] != day:
+        days.insert(index, day)
+
+
 def _money_of(event: Event) -> int:
     """The money an event adds to sums kept in state (micro-units)."""
     if isinstance(event, Purchase):
@@ -569,10 +573,7 @@ class PendingBuckets:
             message.timestamp,
         )  # fmt: skip
         self.added.add(day)
-        days = self.pstate.pending_days
-        index = bisect.bisect_left(days, day)
-        if index == len(days) or days[index] != day:
-            days.insert(index, day)
+        _note_day(self.pstate.pending_days, day)
 
     def release(self, aligned: Micros, decoder: Any) -> list[Arrival]:
         """Every waiting event at or before ``aligned``, decoded again (the bytes
