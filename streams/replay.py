@@ -129,6 +129,15 @@ async def send_ticks(bootstrap: str, partitions: int, moment: Micros) -> None:
         await producer.stop()
 
 
+async def tick_and_wait(
+    bootstrap: str, app_id: str, partitions: int, moment: Micros, timeout: float = 120.0
+) -> None:
+    """A clock tick at ``moment`` to every partition, then wait until the group
+    ``app_id`` has committed it: the periods and lapses due by then are done."""
+    await send_ticks(bootstrap, partitions, moment)
+    await wait_for_zero_lag(bootstrap, app_id, [topics.CLOCK], timeout=timeout)
+
+
 async def collect(
     bootstrap: str, app_id: str
 ) -> tuple[dict[str, CustomerState], list[PartitionState]]:
@@ -233,8 +242,9 @@ def replay(
         # At as_of + lateness: closes every period that ends at or before as_of
         # (nothing at or after as_of was published).
         stage("sending the final clock tick")
-        asyncio.run(send_ticks(bootstrap, partitions, as_of + settings.lateness))
-        asyncio.run(wait_for_zero_lag(bootstrap, settings.app_id, [topics.CLOCK], timeout=120))
+        asyncio.run(
+            tick_and_wait(bootstrap, settings.app_id, partitions, as_of + settings.lateness)
+        )
         stage("collecting state from the changelog")
         customers, parts = asyncio.run(collect(bootstrap, settings.app_id))
         records = asyncio.run(read_all(bootstrap, topics.ALERTS))

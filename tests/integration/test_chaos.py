@@ -25,7 +25,7 @@ from streams.generator import write_history
 from streams.inputs import read_events
 from streams.kafka_admin import create_topics, read_all, wait_for_zero_lag
 from streams.produce import publish
-from streams.replay import collect, send_ticks
+from streams.replay import collect, send_ticks, tick_and_wait
 from streams.settings import Settings
 from streams.workers import local_settings
 from tests.fleet import Fleet
@@ -93,10 +93,8 @@ def run_disturbed(history: Path, workdir: Path, initial: int, disturb: Disturb) 
                 )
             )
             seconds = time.monotonic() - started
-            asyncio.run(send_ticks(broker.bootstrap, PARTITIONS, as_of + settings.lateness))
-            asyncio.run(
-                wait_for_zero_lag(broker.bootstrap, settings.app_id, [topics.CLOCK], timeout=120)
-            )
+            final = as_of + settings.lateness
+            asyncio.run(tick_and_wait(broker.bootstrap, settings.app_id, PARTITIONS, final))
             fleet.check_alive()
         except BaseException:
             print(fleet.tails())

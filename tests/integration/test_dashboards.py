@@ -33,7 +33,7 @@ from streams.kafka_admin import create_topics, wait_for_zero_lag
 from streams.processes import stop_process_group
 from streams.produce import publish
 from streams.redis_server import EmbeddedRedis
-from streams.replay import send_ticks
+from streams.replay import tick_and_wait
 from streams.settings import Settings
 from streams.workers import WorkerProcess, free_port, local_settings
 
@@ -148,10 +148,7 @@ def test_every_panel_query_returns_series(tmp_path: Path) -> None:
             # Then a day passes: May closes, June opens (ratios of the empty June have
             # no sample, as a zero denominator has no ratio; May's are shown).
             moment = to_micros(from_micros(END) + timedelta(days=1))
-            asyncio.run(send_ticks(broker.bootstrap, 2, moment))
-            asyncio.run(
-                wait_for_zero_lag(broker.bootstrap, settings.app_id, [topics.CLOCK], timeout=60)
-            )
+            asyncio.run(tick_and_wait(broker.bootstrap, settings.app_id, 2, moment, timeout=60))
             # Enough scrapes for rates over the stand-in windows, and rule evaluations.
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:

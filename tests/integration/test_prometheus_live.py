@@ -22,7 +22,7 @@ from streams.inputs import read_events
 from streams.kafka_admin import create_topics, wait_for_zero_lag
 from streams.processes import stop_process_group
 from streams.produce import publish
-from streams.replay import collect, send_ticks
+from streams.replay import collect, tick_and_wait
 from streams.report import build_report
 from streams.settings import Settings
 from streams.workers import WorkerProcess, free_port, local_settings
@@ -65,8 +65,9 @@ def test_recording_rules_match_the_report(tmp_path: Path) -> None:
             asyncio.run(
                 wait_for_zero_lag(broker.bootstrap, group, list(topics.INPUT_TOPICS), timeout=300)
             )
-            asyncio.run(send_ticks(broker.bootstrap, 2, as_of + settings.lateness))
-            asyncio.run(wait_for_zero_lag(broker.bootstrap, group, [topics.CLOCK], timeout=60))
+            asyncio.run(
+                tick_and_wait(broker.bootstrap, group, 2, as_of + settings.lateness, timeout=60)
+            )
             _, partitions = asyncio.run(collect(broker.bootstrap, group))
             report = build_report(partitions, as_of, 500, {}, Calendar("month"))
             expected = report["periods"][-1]

@@ -17,7 +17,7 @@ from streams.generator import write_history
 from streams.inputs import read_events
 from streams.kafka_admin import create_topics, wait_for_zero_lag
 from streams.produce import publish
-from streams.replay import collect, send_ticks
+from streams.replay import collect, tick_and_wait
 from streams.settings import Settings
 from streams.workers import WorkerProcess, free_port, local_settings
 from tests import reliability
@@ -73,8 +73,7 @@ def test_restarted_worker_recovers_state_and_counters(tmp_path: Path) -> None:
             assert second.metric("churnwatch_customers") == 1500
             # A tick makes the new owner rewrite every partition record from what it
             # recovered: the counters must come back exactly, not from zero.
-            asyncio.run(send_ticks(broker.bootstrap, 4, end))
-            asyncio.run(wait_for_zero_lag(broker.bootstrap, group, [topics.CLOCK], timeout=60))
+            asyncio.run(tick_and_wait(broker.bootstrap, group, 4, end, timeout=60))
         finally:
             second.stop()
         after_customers, after_partitions = asyncio.run(collect(broker.bootstrap, group))
