@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import bisect
 import logging
+import operator
 import time
 import weakref
 from collections import defaultdict
@@ -238,7 +239,7 @@ class CustomerBatch:
             # (the bucket is written before the partition record that knows its offset)
         if aligned is not None:
             ready.extend(waiting.release(aligned, self.decoder))
-        ready.sort(key=lambda arrival: arrival.order)
+        ready.sort(key=_ORDER)
         self._apply_ready(pstate, ready, counts, waiting, group[-1].message)
         families: dict[str, dict[str, Counter]] = {
             "consumed": metrics.consumed,
@@ -270,6 +271,7 @@ class CustomerBatch:
         tiers_before: dict[bytes, RiskSummary | None] = {}
         lifecycle = self.lifecycle
         alerts: list[tuple[Alert, Any]] = []
+        assessed = 0
         for arrival in ready:
             message = arrival.message
             decoded = arrival.event
@@ -295,14 +297,14 @@ class CustomerBatch:
                     alerts.append((alert, message))
             if not redelivered:
                 periods.extend(book, at)
-                before = periods.snapshot(book, state)
+                before = periods.snapshot(book, state, isinstance(decoded, Purchase | Signup))
             applied = apply(state, decoded, arrival.watermark or at, self.policy)
             touched[key] = applied.state
             if not applied.duplicate:
                 current = applied.state
                 moment = at if current.risk is None else max(at, current.risk.at)
                 change = lifecycle.step(current, moment)
-                metrics.risk_assessments["event"].inc()
+                assessed += 1
                 if change is not None:
                     alerts.append((change, message))
             # Period figures, like counters, take each message once: a redelivered one
@@ -350,8 +352,20 @@ class CustomerBatch:
         if self.sink is not None:
             for state in touched.values():
                 self.sink.offer(state)
+        # Counted per batch: a label lookup per alert costs more than the count.
+        by_status: dict[tuple[str, str], int] = defaultdict(int)
+        by_reason: dict[tuple[str, str], int] = defaultdict(int)
         for alert, source in alerts:
             self._emit(alert, source)
+            by_status[alert.status, alert.tier] += 1
+            for reason in alert.reasons:
+                by_reason[alert.status, reason.code] += 1
+        for labels, n in by_status.items():
+            metrics.alerts.labels(*labels).inc(n)
+        for labels, n in by_reason.items():
+            metrics.alert_reasons.labels(*labels).inc(n)
+        if assessed:
+            metrics.risk_assessments["event"].inc(assessed)
 
     def _schedule(
         self, buckets: DueBuckets, pstate: PartitionState, key: bytes, state: CustomerState
@@ -433,9 +447,6 @@ class CustomerBatch:
         self.alerts_topic.send_soon(
             key=alert.customer_id.encode(), value=_JSON.encode(record), partition=source.partition
         )
-        self.metrics.alerts.labels(alert.status, alert.tier).inc()
-        for reason in alert.reasons:
-            self.metrics.alert_reasons.labels(alert.status, reason.code).inc()
 
     def _reject(
         self,
@@ -510,6 +521,9 @@ def _summary(state: CustomerState | None) -> RiskSummary | None:
 
 #: (event time, id hash, topic, offset): the order events are applied in.
 Order = tuple[int, int, str, int]
+
+
+_ORDER = operator.itemgetter(0)
 
 
 class Arrival(NamedTuple):

@@ -29,6 +29,7 @@ import msgspec
 from retention.model import Model
 from retention.risk import (
     RANK,
+    UNKNOWN,
     Assessment,
     Probe,
     Reason,
@@ -99,7 +100,8 @@ class Lifecycle:
 
     def step(self, state: CustomerState, now: Micros) -> Alert | None:
         """Assess at ``now`` and apply the lifecycle; returns the alert, if any."""
-        quick = quick_assess(state, now, self.config, self.model, self.window)
+        interval = state.typical_interval_days()
+        quick = quick_assess(state, now, self.config, self.model, self.window, interval)
         mark = state.risk
         if mark is None:
             mark = state.risk = RiskMark(at=now)
@@ -135,7 +137,7 @@ class Lifecycle:
                 mark.alerted_tier = tier
             mark.status = status
             mark.sequence += 1
-        mark.due = self._due(state, mark)
+        mark.due = self._due(state, mark, interval)
         assessment = complete(state, quick, self.config, self.model)
         mark.value_at_risk = cents(assessment.value_at_risk)
         mark.clv = cents(assessment.clv)
@@ -184,7 +186,9 @@ class Lifecycle:
             and (mark.quiet_until is None or mark.quiet_until <= moment)
         )
 
-    def _due(self, state: CustomerState, mark: RiskMark) -> Micros | None:
+    def _due(
+        self, state: CustomerState, mark: RiskMark, interval: float | None = UNKNOWN
+    ) -> Micros | None:
         """The next instant to assess this customer if nothing happens: the first
         change within DUE_LIMIT of the last assessment, else DUE_LIMIT after it (an
         assessment then moves the search on; nobody is ever dropped).
@@ -197,15 +201,21 @@ class Lifecycle:
         if mark.status == "churned" or state.last_activity_at is None:
             return None
         horizon = mark.at + DUE_LIMIT
-        found = self.next_change(state, mark, horizon)
+        found = self.next_change(state, mark, horizon, interval)
         return horizon if found is None else found
 
-    def next_change(self, state: CustomerState, mark: RiskMark, until: Micros) -> Micros | None:
+    def next_change(
+        self,
+        state: CustomerState,
+        mark: RiskMark,
+        until: Micros,
+        interval: float | None = UNKNOWN,
+    ) -> Micros | None:
         """First instant in (mark.at, until] at which ``changes_by`` holds, or None:
         the exact instants of a lapse or a cooldown end, else bisection on whole
         days after the last assessment."""
         start = mark.at
-        probe = Probe(state, self.config, self.model, self.window)
+        probe = Probe(state, self.config, self.model, self.window, interval)
         if until <= start or not self.changes_by(state, mark, until, probe):
             return None
         candidates = []
@@ -214,8 +224,10 @@ class Lifecycle:
             candidates.append(lapse)
         if mark.quiet_until is not None and start < mark.quiet_until <= until:
             candidates.append(mark.quiet_until)
-        exact = [c for c in sorted(candidates) if self.changes_by(state, mark, c, probe)]
-        high = min([until, *exact])
+        # The earliest candidate at which something changes bounds the search.
+        high = next(
+            (c for c in sorted(candidates) if self.changes_by(state, mark, c, probe)), until
+        )
         lo, hi = 0, (high - start) // DAY
         while lo < hi:
             mid = (lo + hi) // 2

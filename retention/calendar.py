@@ -59,7 +59,7 @@ class Calendar:
 
     def month_index(self, moment: Micros) -> int:
         """Months since year 0, for cohort offsets (cohorts are monthly whatever the kind)."""
-        return _month_of_day(moment // DAY)
+        return month_of_day(moment // DAY)
 
 
 # Boundaries fall on midnights, so both lookups depend on the UTC day alone; the
@@ -71,6 +71,7 @@ def _start_of_day(kind: PeriodKind, day: int) -> Micros:
 
 
 @lru_cache(maxsize=65536)
-def _month_of_day(day: int) -> int:
+def month_of_day(day: int) -> int:
+    """Months since year 0 of a UTC day number."""
     when = from_micros(day * DAY)
     return when.year * 12 + when.month - 1

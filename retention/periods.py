@@ -23,12 +23,13 @@ customer, the open periods and cohorts, but not closed periods).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
 
-from retention.calendar import Calendar
-from retention.state import CustomerState, PurchaseDay
+from retention.calendar import Calendar, month_of_day
+from retention.state import CustomerState, day_of
 from retention.timeutil import DAY, Micros
 
 NEVER: Final = -1  # lapse-histogram key of customers who never lapse (no activity window)
@@ -106,11 +107,8 @@ class PeriodBook(msgspec.Struct, kw_only=True):
 
 
 Contribution = tuple[int, ...]
+_NOTHING: Final[Contribution] = (0,) * len(HISTORY_FIELDS)
 _DAYS: Final = Calendar("day")
-
-
-def _day(day: PurchaseDay) -> int:
-    return day.day
 
 
 def _move(counts: dict[Any, int], old: Any, new: Any) -> None:
@@ -125,36 +123,58 @@ def _move(counts: dict[Any, int], old: Any, new: Any) -> None:
         counts[new] = counts.get(new, 0) + 1
 
 
-def contribution(
-    state: CustomerState | None, start: Micros, end: Micros, window: Micros | None
-) -> Contribution:
-    """One customer's share of HISTORY_FIELDS for the period [start, end)."""
+def contributions(
+    state: CustomerState | None, spans: Sequence[tuple[Micros, Micros]], window: Micros | None
+) -> list[Contribution]:
+    """One customer's share of HISTORY_FIELDS for each period [start, end) of ``spans``.
+
+    Open periods are consecutive, so one period's end is the next one's start:
+    asked per event, before and after it, activity at each boundary is worked out
+    once rather than twice.
+    """
     if state is None:
-        return (0,) * len(HISTORY_FIELDS)
-    at_start = state.active_before(start, window)
-    at_end = state.active_before(end, window)
+        return [_NOTHING] * len(spans)
+    active: dict[Micros, bool] = {}
     acquired = state.acquired_at
     days = state.days
-    # Boundaries are midnights, so a period holds whole purchase days.
-    first = bisect.bisect_left(days, start // DAY, key=_day)
-    last = bisect.bisect_left(days, end // DAY, key=_day)
-    purchases = revenue = 0
-    for day in days[first:last]:
-        purchases += day.count
-        revenue += day.spend
-    fee = state.fee_at(start)
-    churned_fee = fee if fee and any(start <= m.at < end for m in state.cancels) else 0
-    return (
-        int(at_start),
-        int(at_end),
-        int(acquired is not None and start <= acquired < end),
-        int(at_start and at_end),
-        int(purchases >= 1),
-        int(purchases >= 2),
-        revenue,
-        fee,
-        churned_fee,
-    )
+    cancels = state.cancels
+    out: list[Contribution] = []
+    for start, end in spans:
+        at_start = active.get(start)
+        if at_start is None:
+            at_start = active[start] = state.active_before(start, window)
+        at_end = active.get(end)
+        if at_end is None:
+            at_end = active[end] = state.active_before(end, window)
+        # Boundaries are midnights, so a period holds whole purchase days.
+        first = bisect.bisect_left(days, start // DAY, key=day_of)
+        last = bisect.bisect_left(days, end // DAY, key=day_of)
+        purchases = revenue = 0
+        for index in range(first, last):
+            day = days[index]
+            purchases += day.count
+            revenue += day.spend
+        fee = state.fee_at(start)
+        churned_fee = 0
+        if fee:
+            for mark in cancels:
+                if start <= mark.at < end:
+                    churned_fee = fee
+                    break
+        out.append(
+            (
+                int(at_start),
+                int(at_end),
+                int(acquired is not None and start <= acquired < end),
+                int(at_start and at_end),
+                int(purchases >= 1),
+                int(purchases >= 2),
+                revenue,
+                fee,
+                churned_fee,
+            )
+        )
+    return out
 
 
 def lapse_key(state: CustomerState | None, window: Micros | None, calendar: Calendar) -> int | None:
@@ -172,7 +192,9 @@ def cohort_cells(state: CustomerState | None, calendar: Calendar) -> set[tuple[i
     if state is None or state.acquired_at is None or not state.days:
         return set()
     acquired = calendar.month_index(state.acquired_at)
-    return {(acquired, calendar.month_index(day.last) - acquired) for day in state.days}
+    # A day's purchases share its month: the day number is enough (no division).
+    month = month_of_day
+    return {(acquired, month(day.day) - acquired) for day in state.days}
 
 
 def subscription_status(state: CustomerState | None) -> str | None:
@@ -198,7 +220,8 @@ class Snapshot(msgspec.Struct):
     lapse_day: int | None
     status: str | None
     fee: int
-    cells: set[tuple[int, int]]
+    #: None: the event cannot move the customer's cohort cells (see ``snapshot``).
+    cells: set[tuple[int, int]] | None
 
 
 class PeriodEngine:
@@ -250,22 +273,29 @@ class PeriodEngine:
     def _lapsing_from(self, book: PeriodBook, moment: Micros) -> int:
         return sum(n for key, n in book.lapses.items() if key == NEVER or key >= moment)
 
-    def snapshot(self, book: PeriodBook, state: CustomerState | None) -> Snapshot:
+    def snapshot(
+        self, book: PeriodBook, state: CustomerState | None, cells: bool = True
+    ) -> Snapshot:
+        """``cells=False`` for an event that adds no purchase day and cannot move the
+        acquisition time (feedback, a cancellation): its cohort cells, a pass over
+        every purchase day, are then neither taken nor compared."""
         window = self.window
         return Snapshot(
-            shares=[contribution(state, p.start, p.end, window) for p in book.open],
+            shares=contributions(state, [(p.start, p.end) for p in book.open], window),
             lapse=lapse_key(state, window, self.calendar),
             lapse_day=lapse_day(state, window),
             status=subscription_status(state),
             fee=0 if state is None or not state.subscribed else state.monthly_fee,
-            cells=cohort_cells(state, self.calendar),
+            cells=cohort_cells(state, self.calendar) if cells else None,
         )
 
     def update(self, book: PeriodBook, before: Snapshot, state: CustomerState, at: Micros) -> None:
         """Add the difference an event at ``at`` made to ``state`` (``before`` taken just prior)."""
         window = self.window
-        for period, old in zip(book.open, before.shares, strict=True):
-            new = contribution(state, period.start, period.end, window)
+        spans = [(p.start, p.end) for p in book.open]
+        for period, old, new in zip(
+            book.open, before.shares, contributions(state, spans, window), strict=True
+        ):
             if new != old:
                 figures = period.figures
                 for name, a, b in zip(HISTORY_FIELDS, old, new, strict=True):
@@ -277,15 +307,16 @@ class PeriodEngine:
         _move(book.lapse_days, before.lapse_day, lapse_day(state, window))
         _move(book.statuses, before.status, subscription_status(state))
         book.mrr += (state.monthly_fee if state.subscribed else 0) - before.fee
-        cells = cohort_cells(state, self.calendar)
-        for acquired, offset in before.cells - cells:
-            row = book.cohorts[acquired]
-            row[offset] -= 1
-            if not row[offset]:
-                del row[offset]
-        for acquired, offset in cells - before.cells:
-            row = book.cohorts.setdefault(acquired, {})
-            row[offset] = row.get(offset, 0) + 1
+        if before.cells is not None:
+            cells = cohort_cells(state, self.calendar)
+            for acquired, offset in before.cells - cells:
+                row = book.cohorts[acquired]
+                row[offset] -= 1
+                if not row[offset]:
+                    del row[offset]
+            for acquired, offset in cells - before.cells:
+                row = book.cohorts.setdefault(acquired, {})
+                row[offset] = row.get(offset, 0) + 1
         if book.first_event_at is None or at < book.first_event_at:
             book.first_event_at = at
 

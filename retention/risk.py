@@ -27,7 +27,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from retention.model import Model, clv, expected_purchases, p_alive
-from retention.state import MONEY_UNIT, CustomerState
+from retention.state import MONEY_UNIT, CustomerState, day_of
 from retention.timeutil import DAY, Micros
 
 Tier = Literal["low", "medium", "high", "critical"]
@@ -45,6 +45,8 @@ FEATURES: Final = (
     "detractor",
     "low_csat",
 )
+#: ``interval`` not given: work it out from the state (None is a valid interval).
+UNKNOWN: Final = -1.0
 EXPECTED_FLOOR: Final = 0.01  # log(expected purchases + floor): finite for zero
 
 
@@ -194,19 +196,25 @@ def evidence(
     config: RiskConfig,
     model: Model | None,
     window: Micros | None,
+    interval: float | None = UNKNOWN,
 ) -> Evidence | None:
-    """None for a customer with no signup or purchase yet (nothing to be at risk of)."""
+    """None for a customer with no signup or purchase yet (nothing to be at risk of).
+
+    ``interval`` is ``state.typical_interval_days()`` when the caller has it: an
+    assessment needs it for the score and again for the due search.
+    """
     last = state.last_activity_at
     if last is None:
         return None
     recency = max(0.0, (now - last) / DAY)
     days = state.days
-    interval = state.typical_interval_days()
+    if interval == UNKNOWN:
+        interval = state.typical_interval_days()
     x = max(len(days) - 1, 0)
     recent_from = now - round(config.recent_days * DAY)
     frequency_ratio = spend_ratio = None
     if days:
-        split = bisect.bisect_left(days, -(-recent_from // DAY), key=lambda d: d.day)
+        split = bisect.bisect_left(days, -(-recent_from // DAY), key=day_of)
         base, recent = days[:split], days[split:]
         span = (recent_from - days[0].day * DAY) / DAY
         # Only for a customer still buying: one who stopped altogether is recency's
@@ -349,6 +357,7 @@ def tier_with_hysteresis(value: float, previous: str, config: RiskConfig) -> Tie
     return down if RANK[down] < RANK[previous] else TIERS[RANK[previous]]
 
 
+@functools.lru_cache(maxsize=256)
 def annuity(months: int, rate: float) -> float:
     """Present value of 1 per month for ``months`` months at a monthly ``rate``."""
     return sum((1.0 + rate) ** -i for i in range(1, months + 1))
@@ -400,8 +409,9 @@ def quick_assess(
     config: RiskConfig,
     model: Model | None,
     window: Micros | None,
+    interval: float | None = UNKNOWN,
 ) -> Quick | None:
-    ev = evidence(state, now, config, model, window)
+    ev = evidence(state, now, config, model, window, interval)
     if ev is None:
         return None
     return Quick(evidence=ev, score=score(ev, config), reasons=reasons(ev, config, window))
@@ -468,6 +478,7 @@ class Probe:
         config: RiskConfig,
         model: Model | None,
         window: Micros | None,
+        interval: float | None = UNKNOWN,
     ) -> None:
         self.config = config
         self.model = model
@@ -481,7 +492,8 @@ class Probe:
             spends.append(spends[-1] + d.spend)
         self.spend_prefix = spends
         self.x = max(len(days) - 1, 0)
-        interval = state.typical_interval_days()
+        if interval == UNKNOWN:
+            interval = state.typical_interval_days()
         self.rhythm = interval if interval else config.default_interval_days
         self.negatives = [(n.at, n.code == "bad_support") for n in state.negatives]
         nps = None if state.nps is None else _int(state.nps.value)

@@ -172,19 +172,29 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
 
     def last_activity_before(self, moment: Micros) -> Micros | None:
         """Latest signup or purchase strictly before ``moment`` (a UTC midnight)."""
-        signup = next((m.at for m in reversed(self.signups) if m.at < moment), None)
-        day = moment // DAY
-        index = bisect.bisect_left(self.days, day, key=lambda d: d.day)
-        purchase = self.days[index - 1].last if index else None
-        return latest(signup, purchase)
+        # Loops, not generators: the period engine asks this several times per event.
+        last = None
+        for mark in reversed(self.signups):
+            if mark.at < moment:
+                last = mark.at
+                break
+        days = self.days
+        index = bisect.bisect_left(days, moment // DAY, key=day_of)
+        if index:
+            purchase = days[index - 1].last
+            if last is None or purchase > last:
+                last = purchase
+        return last
 
     def active_before(self, moment: Micros, window: Micros | None) -> bool:
         """DESIGN section 6's "active at ``moment``", from history (``moment`` a midnight)."""
         last = self.last_activity_before(moment)
         if last is None or (window is not None and last < moment - window):
             return False
-        cancel = next((m.at for m in reversed(self.cancels) if m.at < moment), None)
-        return cancel is None or cancel < last
+        for mark in reversed(self.cancels):
+            if mark.at < moment:
+                return mark.at < last
+        return True
 
     def fee_at(self, moment: Micros) -> int:
         """Monthly fee of the subscription running at ``moment`` (0 if none)."""
@@ -204,6 +214,11 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
         gaps = sorted(b.day - a.day for a, b in zip(self.days, self.days[1:], strict=False))
         mid = len(gaps) // 2
         return float(gaps[mid]) if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
+
+
+def day_of(day: PurchaseDay) -> int:
+    """Sort key of ``CustomerState.days`` (bisect's ``key``)."""
+    return day.day
 
 
 def earliest(a: int | None, b: int | None) -> int | None:
