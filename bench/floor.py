@@ -1,11 +1,17 @@
-"""A do-nothing Faust agent over churnwatch's input topics: the floor of the pipeline
-benchmark (``bench/pipeline.py``).
+"""Reference Faust agents over churnwatch's input topics, for the pipeline benchmark
+(``bench/pipeline.py``):
 
-Same Faust settings as the worker (``streams.app.faust_config``), same raw-bytes
-topics, same ``take_events`` batching; the body only counts. What the churnwatch
-worker costs beyond this is churnwatch's own work. Progress goes to the JSON file
-named by ``BENCH_STATUS`` (count, first and last event times), written a few times
-a second by a timer, never per event.
+- ``BENCH_AGENT=floor`` (the default): a do-nothing agent, the floor. Same Faust
+  settings as the worker (``streams.app.faust_config``), same raw-bytes topics, same
+  ``take_events`` batching; the body only counts. What the churnwatch worker costs
+  beyond this is churnwatch's own work.
+- ``BENCH_AGENT=naive``: the obvious Faust program, one event at a time and one
+  table write per event (the event stored under its customer key), on Faust's
+  producer defaults (the worker's consumer and start-up settings otherwise): what
+  a straightforward stateful agent costs.
+
+Progress goes to the JSON file named by ``BENCH_STATUS`` (count, first and last
+event times), written a few times a second by a timer, never per event.
 
     BENCH_STATUS=/tmp/floor.json python -m bench.floor worker -l warn --without-web
 """
@@ -26,23 +32,46 @@ from streams.app import QUIET_LOGGERS, faust_config
 from streams.settings import Settings
 
 settings = Settings.from_env()
-app = faust.App(f"{settings.app_id}-floor", **faust_config(settings))
+MODE = os.environ.get("BENCH_AGENT", "floor")
+if MODE not in ("floor", "naive"):
+    raise SystemExit(f"BENCH_AGENT must be floor or naive, not {MODE!r}")
+config = faust_config(settings)
+if MODE == "naive":
+    # Faust's own producer defaults (no linger, 16 KB batches), as a first program has.
+    for name in ("producer_linger", "producer_max_batch_size", "producer_max_request_size"):
+        del config[name]
+app = faust.App(f"{settings.app_id}-{MODE}", **config)
 raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
 inputs = app.topic(*topics.INPUT_TOPICS, key_serializer="raw", value_serializer="raw", **raw)
 status: dict[str, float] = {"count": 0, "first": 0.0, "last": 0.0}
 
 
-@app.agent(inputs, name="floor", concurrency=1)
-async def floor(stream: Any) -> None:
-    batches = cast(Stream[bytes], stream).take_events(
-        settings.batch_max, within=settings.batch_within
-    )
-    async for events in batches:
-        now = time.time()
-        if not status["count"]:
-            status["first"] = now
-        status["count"] += len(events)
-        status["last"] = now
+def _counted(n: int) -> None:
+    now = time.time()
+    if not status["count"]:
+        status["first"] = now
+    status["count"] += n
+    status["last"] = now
+
+
+if MODE == "floor":
+
+    @app.agent(inputs, name="floor", concurrency=1)
+    async def floor(stream: Any) -> None:
+        batches = cast(Stream[bytes], stream).take_events(
+            settings.batch_max, within=settings.batch_within
+        )
+        async for events in batches:
+            _counted(len(events))
+
+else:
+    latest = app.Table("naive-latest", partitions=settings.partitions, **raw)
+
+    @app.agent(inputs, name="naive", concurrency=1)
+    async def naive(stream: Any) -> None:
+        async for event in cast(Stream[bytes], stream).events():
+            latest[event.key] = event.value
+            _counted(1)
 
 
 def _write(path: str) -> None:

@@ -5,9 +5,11 @@ input, so the ratios mean something on whatever machine runs it:
    input topics;
 2. Faust floor: a do-nothing Faust agent (``bench/floor.py``: the worker's Faust
    settings and ``take_events`` batching, a body that only counts);
-3. churnwatch: the full worker (validation, alignment, state, periods, risk,
+3. naive: the obvious Faust program, one event at a time and a table write per
+   event on Faust's producer defaults (``bench/floor.py``, ``BENCH_AGENT=naive``);
+4. churnwatch: the full worker (validation, alignment, state, periods, risk,
    alerts, metrics), one worker process and then two;
-4. end-to-end latency at a fixed sub-saturation rate, from the record's Kafka
+5. end-to-end latency at a fixed sub-saturation rate, from the record's Kafka
    timestamp to its state written (the worker's latency histogram), p50 and p99.
 
 Rates are events per second from the first event processed to the last (the floor
@@ -110,11 +112,12 @@ async def ceiling(bootstrap: str, total: int) -> Run:
         await consumer.stop()
 
 
-def floor(settings: Settings, workdir: Path, total: int) -> Run:
-    status = workdir / "floor.json"
+def floor(settings: Settings, workdir: Path, total: int, mode: str = "floor") -> Run:
+    """A reference agent of ``bench/floor.py``: the do-nothing floor, or ``naive``."""
+    status = workdir / f"{mode}.json"
     Path(settings.datadir).mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **to_env(settings), "BENCH_STATUS": str(status)}
-    log = (workdir / "floor.log").open("ab")
+    env = {**os.environ, **to_env(settings), "BENCH_STATUS": str(status), "BENCH_AGENT": mode}
+    log = (workdir / f"{mode}.log").open("ab")
     launched = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.floor", "worker", "-l", "warn", "--without-web"],
@@ -126,7 +129,7 @@ def floor(settings: Settings, workdir: Path, total: int) -> Run:
 
     def count() -> int:
         if process.poll() is not None:
-            raise RuntimeError(f"the floor agent exited ({process.returncode}); see {log.name}")
+            raise RuntimeError(f"the {mode} agent exited ({process.returncode}); see {log.name}")
         try:
             return int(json.loads(status.read_text())["count"])
         except (OSError, ValueError, KeyError):
@@ -137,7 +140,9 @@ def floor(settings: Settings, workdir: Path, total: int) -> Run:
         done = json.loads(status.read_text())
         # The agent's own first/last event times are sharper than polling.
         run.seconds = max(done["last"] - done["first"], 1e-3)
-        run.name = "Faust floor: do-nothing agent"
+        run.name = (
+            "Faust floor: do-nothing agent" if mode == "floor" else "naive: a table write per event"
+        )
         return run
     finally:
         process.terminate()
@@ -259,19 +264,24 @@ def main() -> None:
             floor_settings = local_settings(base, broker.url, PARTITIONS, workdir / "f")
             runs.append(floor(floor_settings, workdir, total))
             print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+            naive_settings = local_settings(base, broker.url, PARTITIONS, workdir / "n")
+            runs.append(floor(naive_settings, workdir, total, mode="naive"))
+            print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
             for workers in (1, 2):
                 settings = local_settings(base, broker.url, PARTITIONS, workdir / f"c{workers}")
                 runs.append(churnwatch(settings, workdir, total, workers))
                 print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
         lat = latency(records, args.rate, args.latency_seconds, workdir)
     floor_rate = runs[1].rate
-    one = runs[2].rate
+    naive_rate = runs[2].rate
+    one = runs[3].rate
     print(f"\n{'run':<40}{'events/s':>12}{'vs floor':>10}{'start-up s':>12}")
     for run in runs:
         startup = "" if run.startup is None else f"{run.startup:.1f}"
         print(f"{run.name:<40}{run.rate:>12,.0f}{run.rate / floor_rate:>10.2f}{startup:>12}")
-    print(f"\n2 workers / 1 worker: {runs[3].rate / one:.2f}x")
-    single = runs[2]
+    print(f"\n2 workers / 1 worker: {runs[4].rate / one:.2f}x")
+    print(f"churnwatch x1 / naive table write per event: {one / naive_rate:.2f}x")
+    single = runs[3]
     per_customer = (single.rss - lat["idle_rss"]) / max(single.customers, 1)
     print(
         f"memory store, 1 worker: RSS {single.rss / 2**20:.0f} MB with {single.customers:,} "
