@@ -65,9 +65,10 @@ dashboards: $(STAMP) ## Regenerate deploy/grafana/dashboards/ from deploy/grafan
 schemas: $(STAMP) ## Regenerate schemas/json/ from the structs
 	$(BIN)/python -m schemas.jsonschema
 
-bench: $(STAMP) ## Run the benchmarks (prints measured figures): validation libraries, pipeline throughput
+bench: $(STAMP) ## Run the benchmarks (prints measured figures): validation, pipeline, recovery and memory (~30 min)
 	$(BIN)/python -m bench.validation
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
+	$(BIN)/python -m bench.recovery $(RECOVERY_ARGS)
 
 soak: $(STAMP) ## Soak one worker 10 min at 300 events/s: RSS and lag over time (SOAK_ARGS="--duration 120")
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
