@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from bench import recovery
 from retention.state import CustomerState
 from retention.timeutil import from_micros, parse_time
 from streams import topics
@@ -92,3 +93,48 @@ def test_restarted_worker_recovers_state_and_counters(tmp_path: Path) -> None:
             before.duplicates,
         )
         assert after.ticks == before.ticks + 1
+
+
+LARGE = 50_000
+
+
+def test_a_large_changelog_recovers_exactly_and_restarts_fast(tmp_path: Path) -> None:
+    """50,000 customers (1.1 KB states) written to the changelog as a worker would
+    (``bench/recovery.py``; ``make bench`` runs it with 1M): a worker with an empty
+    RocksDB directory recovers them all, and a restart on the same directory reads
+    only the changelog's tail. After each, every customer is counted and a sample
+    read through the HTTP API equals the view of what was written."""
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 4)))
+        settings = local_settings(Settings(), broker.url, 4, tmp_path).replace(
+            store="rocksdb://", datadir=str(tmp_path / "data")
+        )
+        changelog = topics.changelog_topic(settings.app_id)
+        asyncio.run(
+            create_topics(
+                broker.bootstrap, {changelog: 4}, config={changelog: {"cleanup.policy": "compact"}}
+            )
+        )
+        written = asyncio.run(recovery.write_changelog(broker.bootstrap, settings.app_id, LARGE, 5))
+        assert written.state_bytes > 1000
+        figures: dict[str, object] = {
+            "test": "recovery: a large changelog (RocksDB)",
+            "customers": LARGE,
+            "state_bytes": written.state_bytes,
+        }
+        for phase in ("cold_start", "restart"):
+            log = tmp_path / f"{phase}.log"
+            worker = WorkerProcess(settings.replace(web_port=free_port()), log)
+            launched = time.monotonic()
+            worker.start()
+            try:
+                figures[f"{phase}_to_ready_seconds"] = round(
+                    recovery.ready(worker, LARGE, launched, timeout=300), 1
+                )
+                assert worker.metric("churnwatch_customers") == LARGE
+                assert recovery.read_back(worker, written.sample) == 0
+            finally:
+                worker.stop()
+    reliability.append(figures)
+    # Local RocksDB files spare the restart the changelog: it must not take as long.
+    assert figures["restart_to_ready_seconds"] < figures["cold_start_to_ready_seconds"]
