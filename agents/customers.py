@@ -27,6 +27,15 @@ never behind the customer states. Redelivered messages are then recognised by
 offset and not counted twice, while their effect on state is deduplicated by
 event id. Waiting events are stored before the record that marks their offsets
 processed, and removed only after the customers they were applied to.
+
+Alerts go to another topic, so nothing orders them with the changelog: a worker
+killed after a customer's new state was stored but before the alert it raised was
+would lose the alert for good (the redelivered event is a duplicate for that state
+and raises nothing). So a batch's alerts are also stored in the table, in one outbox
+record of the partition written before the partition record, and deleted by a later
+batch once the broker has acknowledged all of them. A worker that takes a partition
+over sends the partition's outbox again (at least once; a repeat is byte for byte the
+same record, which consumers de-duplicate on ``(dedup_key, sequence)``).
 """
 
 from __future__ import annotations
@@ -68,8 +77,11 @@ from schemas.events import Cancellation, ClockTick, Event, EventType, Feedback, 
 from streams import topics
 from streams.app import ChurnwatchApp
 from streams.partitions import (
+    OUTBOX,
     assigned_partitions,
     due_bucket_key,
+    outbox_key,
+    outbox_prefix,
     partition_state_key,
     pending_bucket_key,
 )
@@ -77,6 +89,8 @@ from streams.partitions import (
 _JSON = msgspec.json.Encoder()
 _BUCKET_ENCODER = msgspec.msgpack.Encoder()
 _BUCKET_DECODER = msgspec.msgpack.Decoder(dict[bytes, int])
+_OUTBOX = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
+_OUTBOX_ENCODER = msgspec.msgpack.Encoder()
 #: Events dated further ahead of the wall clock than this are rejected: one such
 #: event would move the partition's watermark into the future and make every
 #: later event look late.
@@ -121,6 +135,10 @@ class CustomerBatch:
         self.sink = app.redis_sink
         self.lateness = settings.lateness
         self.alerts_topic = app.alerts_topic
+        #: Per partition, outbox records whose alerts were sent: (their send futures,
+        #: the record's key). A batch of the partition deletes those acknowledged.
+        self.unacked: dict[int, list[tuple[list[Any], bytes]]] = {}
+        self.owned: set[int] = set()  # input partitions owned, as of the last rebalance
 
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
@@ -238,7 +256,15 @@ class CustomerBatch:
             # else: a redelivered event later than ``aligned`` is waiting already
             # (the bucket is written before the partition record that knows its offset)
         if aligned is not None:
-            ready.extend(waiting.release(aligned, self.decoder))
+            released = waiting.release(aligned, self.decoder)
+            if released:
+                # A redelivered message that waited when first read may be released
+                # in this very batch: apply the waiting copy alone, which knows
+                # whether it was counted (applied twice, the second copy would count
+                # as a duplicate of the first).
+                waited = {arrival.order[2:] for arrival in released}
+                ready = [a for a in ready if a.order[2:] not in waited]
+                ready.extend(released)
         ready.sort(key=_ORDER)
         self._apply_ready(pstate, ready, counts, waiting, group[-1].message)
         families: dict[str, dict[str, Counter]] = {
@@ -341,8 +367,13 @@ class CustomerBatch:
             )
         for key, state in touched.items():
             pstate.move_risk(tiers_before.get(key), _summary(state))
-        # Waiting events first, then the partition record, then customers, then the
-        # buckets emptied by this batch: see the module docstring.
+        # The batch's alerts, kept in one outbox record until the broker has them.
+        records = [self._alert_record(alert, source) for alert, source in alerts]
+        outbox = None if not records else outbox_key(partition, records[0][0])
+        # Waiting events and the outbox first, then the partition record, then
+        # customers, then the buckets emptied by this batch: see the module docstring.
+        if outbox is not None:
+            table[outbox] = _OUTBOX_ENCODER.encode([(key, value) for _, key, value in records])
         waiting.write_added()
         table[partition_state_key(partition)] = encode_partition(pstate)
         for key, state in touched.items():
@@ -352,11 +383,21 @@ class CustomerBatch:
         if self.sink is not None:
             for state in touched.values():
                 self.sink.offer(state)
+        # Outbox records of earlier batches whose alerts the broker has acknowledged.
+        unacked = []
+        for futures, stored in self.unacked.get(partition, []):
+            if all(_acked(future) for future in futures):
+                table.pop(stored, None)
+            else:
+                unacked.append((futures, stored))
+        if outbox is not None:
+            sent = [self._send_alert(partition, key, value) for _, key, value in records]
+            unacked.append((sent, outbox))
+        self.unacked[partition] = unacked
         # Counted per batch: a label lookup per alert costs more than the count.
         by_status: dict[tuple[str, str], int] = defaultdict(int)
         by_reason: dict[tuple[str, str], int] = defaultdict(int)
-        for alert, source in alerts:
-            self._emit(alert, source)
+        for alert, _ in alerts:
             by_status[alert.status, alert.tier] += 1
             for reason in alert.reasons:
                 by_reason[alert.status, reason.code] += 1
@@ -366,6 +407,41 @@ class CustomerBatch:
             metrics.alert_reasons.labels(*labels).inc(n)
         if assessed:
             metrics.risk_assessments["event"].inc(assessed)
+
+    def _send_alert(self, partition: int, key: bytes, value: bytes) -> Any:
+        return self.alerts_topic.send_soon(key=key, value=value, partition=partition)
+
+    def take_over(self, owned: Sequence[int]) -> int:
+        """After a rebalance: send again the outbox of each partition this worker did
+        not own before (``owned``: the partitions it owns now), whose alerts the
+        previous owner may not have delivered. Returns how many were sent.
+
+        Outbox records are found by a pass over the table's keys: a rebalance costs
+        that pass, a batch nothing."""
+        before, self.owned = self.owned, set(owned)
+        for partition in set(self.unacked) - self.owned:
+            del self.unacked[partition]  # the new owner sends them again
+        # Partitions owned before: this worker's producer is delivering their alerts.
+        new = self.owned - before
+        if not new:
+            return 0
+        prefixes = {outbox_prefix(partition): partition for partition in new}
+        found: dict[int, list[tuple[bytes, bytes]]] = {partition: [] for partition in new}
+        for stored in list(self.table.keys()):
+            if stored.startswith(OUTBOX):
+                owner = prefixes.get(stored[: stored.index(b"/", len(OUTBOX)) + 1])
+                raw = None if owner is None else self.table.get(stored)
+                if owner is not None and raw is not None:
+                    found[owner].append((stored, raw))
+        resent = 0
+        for partition, entries in found.items():
+            self.unacked[partition] = []
+            for stored, raw in sorted(entries):
+                records = _OUTBOX.decode(raw)
+                sent = [self._send_alert(partition, key, value) for key, value in records]
+                self.unacked[partition].append((sent, stored))
+                resent += len(records)
+        return resent
 
     def _schedule(
         self, buckets: DueBuckets, pstate: PartitionState, key: bytes, state: CustomerState
@@ -415,7 +491,8 @@ class CustomerBatch:
                 break  # the rest of this day is not due yet
             days.pop(0)
 
-    def _emit(self, alert: Alert, source: Any) -> None:
+    def _alert_record(self, alert: Alert, source: Any) -> tuple[str, bytes, bytes]:
+        """The id, and the key and value of the record on the alerts topic."""
         event_id = None
         if source.topic != topics.CLOCK and source.value:
             event_id = _event_id(source.value)
@@ -444,9 +521,7 @@ class CustomerBatch:
                 event_id=event_id,
             ),
         )
-        self.alerts_topic.send_soon(
-            key=alert.customer_id.encode(), value=_JSON.encode(record), partition=source.partition
-        )
+        return record.alert_id, alert.customer_id.encode(), _JSON.encode(record)
 
     def _reject(
         self,
@@ -495,6 +570,13 @@ def _event_id(value: bytes) -> str | None:
         return None
 
 
+def _acked(future: Any) -> bool:
+    """Whether the broker acknowledged a sent record (None: sent by a test double)."""
+    return future is None or (
+        future.done() and not future.cancelled() and future.exception() is None
+    )
+
+
 def _note_day(days: list[int], day: int) -> None:
     """Add ``day`` to the sorted day index of a partition's buckets, once."""
     index = bisect.bisect_left(days, day)
@@ -537,7 +619,7 @@ class Arrival(NamedTuple):
 
 
 class _Source(NamedTuple):
-    """What ``_emit`` and ``_apply_ready`` read of a message, for released events."""
+    """What ``_alert_record`` and ``_apply_ready`` read of a message, for released events."""
 
     topic: str
     partition: int
@@ -716,17 +798,43 @@ async def resume_from_state(app: ChurnwatchApp) -> list[tuple[TP, int, int]]:
     return moved
 
 
-def install(app: ChurnwatchApp) -> None:
-    settings = app.settings
-    batch = CustomerBatch(app)
+def _seek_after_faust(app: ChurnwatchApp) -> None:
+    """Run ``resume_from_state`` each time Faust has sought to the committed offsets.
 
-    async def _resume(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+    Faust signals ``on_rebalance_complete`` and only then seeks every assigned
+    partition to its committed offset (``Consumer.perform_seek``, also called when a
+    fetch comes while the flow is stopped); it also drops any message below the
+    offset it last sought to. A seek made from the signal is therefore undone, so the
+    consumer's ``perform_seek`` is wrapped, once, to seek back to the state's offsets
+    after Faust's own seek, before the flow resumes.
+    """
+    consumer = cast(Any, app.consumer)
+    if getattr(consumer, "_churnwatch_resumes", False):
+        return
+    faust_seek = consumer.perform_seek
+
+    async def perform_seek() -> None:
+        await faust_seek()
         for tp, committed, offset in await resume_from_state(app):
             log.warning(
                 "%s[%d]: committed offset %d is ahead of the recovered state; "
                 "reading again from %d",
                 tp.topic, tp.partition, committed, offset,
             )  # fmt: skip
+
+    consumer.perform_seek = perform_seek
+    consumer._churnwatch_resumes = True
+
+
+def install(app: ChurnwatchApp) -> None:
+    settings = app.settings
+    batch = CustomerBatch(app)
+
+    async def _resume(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        resent = batch.take_over(assigned_partitions(app))
+        if resent:
+            log.warning("sent %d alerts again from the outboxes of partitions taken over", resent)
+        _seek_after_faust(app)
 
     app.on_rebalance_complete.connect(cast(Any, _resume))
 

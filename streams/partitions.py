@@ -30,6 +30,19 @@ def pending_bucket_key(partition: int, day: int) -> bytes:
     return b"\x00pending/%d/%d" % (partition, day)
 
 
+#: Key prefix of alerts sent and not yet known to be acknowledged (see agents).
+OUTBOX = b"\x00outbox/"
+
+
+def outbox_prefix(partition: int) -> bytes:
+    return OUTBOX + b"%d/" % partition
+
+
+def outbox_key(partition: int, alert_id: str) -> bytes:
+    """An alert of ``partition`` until the broker acknowledged it (see agents)."""
+    return outbox_prefix(partition) + alert_id.encode()
+
+
 def is_customer_key(key: bytes) -> bool:
     return not key.startswith(b"\x00")
 

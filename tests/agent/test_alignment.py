@@ -12,17 +12,19 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agents.customers import CustomerBatch
 from retention.partition import decode_partition
 from retention.timeutil import from_micros, parse_time
 from streams import topics
 from streams.generator import write_history
 from streams.inputs import Record, read_events
-from streams.partitions import partition_state_key
+from streams.partitions import OUTBOX, partition_state_key
 from tests.inprocess import Run
 
 AS_OF = parse_time("2025-07-01T00:00:00Z")
@@ -102,3 +104,72 @@ def test_events_wait_while_a_topic_has_unread_input(history: list[Record]) -> No
     assert state.pending == state.consumed - state.deadletter > 0
     assert state.valid == 0 and not run.customers()
     assert not run.app.alerts_topic.values
+
+
+def test_a_waiting_event_redelivered_as_it_is_released_counts_once(
+    history: list[Record], reference: Run
+) -> None:
+    """After a rebalance or a restart the consumer reads again from the committed
+    offset, so a message that waited when first read can come again in the very
+    batch that releases it: applied and counted once, not once valid and once as a
+    duplicate of itself (tests/integration/test_chaos.py saw ~50 such per run)."""
+    ordered = sorted(history, key=lambda r: r.occurred_at or -1)
+    run = Run(history, AS_OF)
+    purchases = [
+        run.message(r.topic, r.key, r.value) for r in ordered if r.topic == topics.PURCHASES
+    ]
+    others = [run.message(r.topic, r.key, r.value) for r in ordered if r.topic != topics.PURCHASES]
+    run.batch.process(purchases[:60])  # other topics unread: these wait
+    assert decode_partition(run.table[partition_state_key(0)]).pending > 0
+    run.batch.process(purchases[:60] + purchases[60:] + others)  # redelivered, then the rest
+    run.feed([], [1], random.Random(0))  # the final tick
+    state = decode_partition(run.table[partition_state_key(0)])
+    expected = decode_partition(reference.table[partition_state_key(0)])
+    assert (state.consumed, state.valid, state.duplicates, state.pending) == (
+        expected.consumed,
+        expected.valid,
+        expected.duplicates,
+        0,
+    )
+    assert run.customers() == reference.customers()
+    assert run.alerts() == reference.alerts()
+
+
+class _Unacknowledged:
+    """A send future the broker never completes (a worker killed before delivery)."""
+
+    def done(self) -> bool:
+        return False
+
+
+def test_alerts_not_acknowledged_are_sent_again_by_the_next_owner(
+    history: list[Record], reference: Run
+) -> None:
+    """Alerts and the changelog are different topics: a worker killed after a
+    customer's state was stored may not have delivered the alert it raised, and the
+    redelivered event raises nothing (its state has it). Every alert stays in the
+    table's outbox until acknowledged; the next owner of the partition sends them."""
+    ordered = sorted(history, key=lambda r: r.occurred_at or -1)
+    run = Run(history, AS_OF)
+    sent = run.app.alerts_topic.values
+    run.app.alerts_topic.send_soon = lambda key, value, partition: (  # type: ignore[method-assign]
+        sent.append(value) or _Unacknowledged()
+    )
+    run.feed(ordered, [100], random.Random(0))
+    assert run.alerts() == reference.alerts()
+    outbox = [key for key in run.table if key.startswith(OUTBOX)]
+    assert 1 < len(outbox) < len(sent)  # a record per batch with alerts, none acknowledged
+
+    again: list[bytes] = []
+    successor = CustomerBatch(run.app)  # type: ignore[arg-type]
+    successor.alerts_topic = SimpleNamespace(
+        send_soon=lambda key, value, partition: again.append(value)
+    )
+    assert successor.take_over([0]) == len(sent)
+    assert sorted(again) == sorted(sent)
+    assert successor.take_over([0]) == 0  # still owned after another rebalance: not again
+
+    acknowledged = Run(history, AS_OF)  # send_soon returns None: delivered at once
+    acknowledged.feed(ordered, [100], random.Random(0))
+    outbox = [key for key in acknowledged.table if key.startswith(OUTBOX)]
+    assert len(outbox) <= 1  # the last batch's alerts only, if it raised any

@@ -313,3 +313,9 @@ async def test_high_watermark_of_one_batch_counts_all_its_records(
     await produce(broker.bootstrap, name, [(b"k", b"x")] * 10)
     tp = TopicPartition(name, 0)
     assert await high_watermarks(broker.bootstrap, [tp]) == {tp: 10}
+
+
+async def test_high_watermarks_of_no_partitions_are_empty(broker: EmbeddedBroker) -> None:
+    """Faust's recovery asks for none on a worker with no active partition; a
+    CancelledError here ended that worker's recovery for good (streams/tansu.py)."""
+    assert await high_watermarks(broker.bootstrap, []) == {}
