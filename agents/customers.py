@@ -141,6 +141,14 @@ class CustomerBatch:
         self.owned: set[int] = set()  # input partitions owned, as of the last rebalance
 
     def process(self, events: Sequence[EventT]) -> None:
+        if getattr(self.app, "rebalancing", False):
+            # Taken from the stream before a rebalance began: the partitions may be
+            # another worker's by now, and changelog records written now could land
+            # after the new owner recovered them. Not applied: whoever owns each
+            # partition once the rebalance is over reads these again (Faust seeks to
+            # the committed offsets, resume_from_state back to the state's).
+            log.warning("a rebalance is under way: %d events left to be read again", len(events))
+            return
         started = time.perf_counter()
         by_partition: dict[int, list[EventT]] = defaultdict(list)
         for event in events:

@@ -3,8 +3,9 @@
 Consumers upsert on (dedup_key, sequence): ``dedup_key`` names one episode of one
 customer and is the same in every replay of the same input; ``sequence`` grows with
 every alert of that customer, so the latest state of an episode is the highest
-sequence seen. Processing is at-least-once: an alert may arrive twice, identical
-except ``observed_at``.
+sequence seen. Processing is at-least-once: an alert may arrive twice, saying the
+same, and differing at most in ``observed_at`` and ``source`` (after a crash, a
+re-read batch may raise it again while processing another message).
 """
 
 from __future__ import annotations

@@ -147,6 +147,9 @@ def outcomes() -> Iterator[list[Outcome]]:
         record_figures(outcome)
 
 
+# The disturbed runs below check all of this and more; `make reliability` runs it as
+# the baseline to tell a fault's effect from anything else.
+@pytest.mark.extended
 def test_two_workers_match_the_oracle(
     history: Path, reference: list[dict[str, Any]], tmp_path: Path, outcomes: list[Outcome]
 ) -> None:
@@ -158,9 +161,10 @@ def test_two_workers_match_the_oracle(
     check_outcome(outcome)
 
 
-# Not yet passing (see the README, Reliability): deselected from `make test` by the
-# chaos marker, run by `make reliability`.
+# Passed 4 of its last 6 runs (see the README, Reliability): left out of `make test`,
+# run by `make reliability`.
 @pytest.mark.chaos
+@pytest.mark.not_yet
 def test_sigkill_a_random_worker_three_times(
     history: Path, reference: list[dict[str, Any]], tmp_path: Path, outcomes: list[Outcome]
 ) -> None:
