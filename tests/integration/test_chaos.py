@@ -161,7 +161,7 @@ def test_two_workers_match_the_oracle(
     check_outcome(outcome)
 
 
-# Passed 4 of its last 6 runs (see the README, Reliability): left out of `make test`,
+# Passed 5 of 9 runs (see the README, Reliability): left out of `make test`,
 # run by `make reliability`.
 @pytest.mark.chaos
 @pytest.mark.not_yet
