@@ -31,9 +31,9 @@ processed, and removed only after the customers they were applied to.
 Alerts go to another topic, so nothing orders them with the changelog: a worker
 killed after a customer's new state was stored but before the alert it raised was
 would lose the alert for good (the redelivered event is a duplicate for that state
-and raises nothing). So a batch's alerts are also stored in the table, in one outbox
-record of the partition written before the partition record, and deleted by a later
-batch once the broker has acknowledged all of them. A worker that takes a partition
+and raises nothing). So a batch's alerts are also stored in the table, in outbox
+records of the partition written before the partition record, and each deleted by a
+later batch once the broker has acknowledged all of its alerts. A worker that takes a partition
 over sends the partition's outbox again (at least once; a repeat is byte for byte the
 same record, which consumers de-duplicate on ``(dedup_key, sequence)``).
 """
@@ -91,6 +91,8 @@ _BUCKET_ENCODER = msgspec.msgpack.Encoder()
 _BUCKET_DECODER = msgspec.msgpack.Decoder(dict[bytes, int])
 _OUTBOX = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 _OUTBOX_ENCODER = msgspec.msgpack.Encoder()
+#: Alerts per outbox record: about 0.5 MB, well under the producer's request size.
+OUTBOX_CHUNK = 1000
 #: Events dated further ahead of the wall clock than this are rejected: one such
 #: event would move the partition's watermark into the future and make every
 #: later event look late.
@@ -141,14 +143,6 @@ class CustomerBatch:
         self.owned: set[int] = set()  # input partitions owned, as of the last rebalance
 
     def process(self, events: Sequence[EventT]) -> None:
-        if getattr(self.app, "rebalancing", False):
-            # Taken from the stream before a rebalance began: the partitions may be
-            # another worker's by now, and changelog records written now could land
-            # after the new owner recovered them. Not applied: whoever owns each
-            # partition once the rebalance is over reads these again (Faust seeks to
-            # the committed offsets, resume_from_state back to the state's).
-            log.warning("a rebalance is under way: %d events left to be read again", len(events))
-            return
         started = time.perf_counter()
         by_partition: dict[int, list[EventT]] = defaultdict(list)
         for event in events:
@@ -375,13 +369,17 @@ class CustomerBatch:
             )
         for key, state in touched.items():
             pstate.move_risk(tiers_before.get(key), _summary(state))
-        # The batch's alerts, kept in one outbox record until the broker has them.
+        # The batch's alerts, kept in outbox records until the broker has them: a
+        # record per OUTBOX_CHUNK alerts (a tick can raise tens of thousands at once,
+        # more than one changelog record may hold).
         records = [self._alert_record(alert, source) for alert, source in alerts]
-        outbox = None if not records else outbox_key(partition, records[0][0])
+        chunks = [records[i : i + OUTBOX_CHUNK] for i in range(0, len(records), OUTBOX_CHUNK)]
         # Waiting events and the outbox first, then the partition record, then
         # customers, then the buckets emptied by this batch: see the module docstring.
-        if outbox is not None:
-            table[outbox] = _OUTBOX_ENCODER.encode([(key, value) for _, key, value in records])
+        for chunk in chunks:
+            table[outbox_key(partition, chunk[0][0])] = _OUTBOX_ENCODER.encode(
+                [(key, value) for _, key, value in chunk]
+            )
         waiting.write_added()
         table[partition_state_key(partition)] = encode_partition(pstate)
         for key, state in touched.items():
@@ -398,9 +396,9 @@ class CustomerBatch:
                 table.pop(stored, None)
             else:
                 unacked.append((futures, stored))
-        if outbox is not None:
-            sent = [self._send_alert(partition, key, value) for _, key, value in records]
-            unacked.append((sent, outbox))
+        for chunk in chunks:
+            sent = [self._send_alert(partition, key, value) for _, key, value in chunk]
+            unacked.append((sent, outbox_key(partition, chunk[0][0])))
         self.unacked[partition] = unacked
         # Counted per batch: a label lookup per alert costs more than the count.
         by_status: dict[tuple[str, str], int] = defaultdict(int)
