@@ -373,13 +373,14 @@ class CustomerBatch:
         # record per OUTBOX_CHUNK alerts (a tick can raise tens of thousands at once,
         # more than one changelog record may hold).
         records = [self._alert_record(alert, source) for alert, source in alerts]
-        chunks = [records[i : i + OUTBOX_CHUNK] for i in range(0, len(records), OUTBOX_CHUNK)]
+        outboxes = [
+            (outbox_key(partition, records[i][0]), records[i : i + OUTBOX_CHUNK])
+            for i in range(0, len(records), OUTBOX_CHUNK)
+        ]
         # Waiting events and the outbox first, then the partition record, then
         # customers, then the buckets emptied by this batch: see the module docstring.
-        for chunk in chunks:
-            table[outbox_key(partition, chunk[0][0])] = _OUTBOX_ENCODER.encode(
-                [(key, value) for _, key, value in chunk]
-            )
+        for stored, chunk in outboxes:
+            table[stored] = _OUTBOX_ENCODER.encode([(key, value) for _, key, value in chunk])
         waiting.write_added()
         table[partition_state_key(partition)] = encode_partition(pstate)
         for key, state in touched.items():
@@ -396,9 +397,9 @@ class CustomerBatch:
                 table.pop(stored, None)
             else:
                 unacked.append((futures, stored))
-        for chunk in chunks:
+        for stored, chunk in outboxes:
             sent = [self._send_alert(partition, key, value) for _, key, value in chunk]
-            unacked.append((sent, outbox_key(partition, chunk[0][0])))
+            unacked.append((sent, stored))
         self.unacked[partition] = unacked
         # Counted per batch: a label lookup per alert costs more than the count.
         by_status: dict[tuple[str, str], int] = defaultdict(int)
@@ -433,11 +434,10 @@ class CustomerBatch:
             return 0
         prefixes = {outbox_prefix(partition): partition for partition in new}
         found: dict[int, list[tuple[bytes, bytes]]] = {partition: [] for partition in new}
-        for stored in list(self.table.keys()):
+        for stored, raw in self.table.items():
             if stored.startswith(OUTBOX):
                 owner = prefixes.get(stored[: stored.index(b"/", len(OUTBOX)) + 1])
-                raw = None if owner is None else self.table.get(stored)
-                if owner is not None and raw is not None:
+                if owner is not None:
                     found[owner].append((stored, raw))
         resent = 0
         for partition, entries in found.items():

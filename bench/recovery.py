@@ -105,7 +105,12 @@ class Written:
 
 
 async def write_changelog(bootstrap: str, app_id: str, customers: int, seed: int) -> Written:
+    """Create the customers table's changelog topic of ``app_id`` (compacted, as the
+    worker declares it) and write ``customers`` states and the partition records."""
     topic = topics.changelog_topic(app_id)
+    await create_topics(
+        bootstrap, {topic: PARTITIONS}, config={topic: {"cleanup.policy": "compact"}}
+    )
     templates = shapes(SHAPES, seed)
     rng = random.Random(seed)
     sample_ids = set(rng.sample(range(customers), min(200, customers)))
@@ -232,14 +237,6 @@ def main() -> None:
             )
             for customers, store in itertools.product(args.customers, args.stores):
                 app_id = f"churnwatch-recovery-{store}-{customers}-{int(time.time())}"
-                changelog = topics.changelog_topic(app_id)
-                asyncio.run(
-                    create_topics(
-                        broker.bootstrap,
-                        {changelog: PARTITIONS},
-                        config={changelog: {"cleanup.policy": "compact"}},
-                    )
-                )
                 started = time.monotonic()
                 written = asyncio.run(
                     write_changelog(broker.bootstrap, app_id, customers, args.seed)

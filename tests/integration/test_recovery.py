@@ -105,15 +105,10 @@ def test_a_large_changelog_recovers_exactly_and_restarts_fast(tmp_path: Path) ->
     only the changelog's tail. After each, every customer is counted and a sample
     read through the HTTP API equals the view of what was written."""
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 4)))
-        settings = local_settings(Settings(), broker.url, 4, tmp_path).replace(
+        partitions = recovery.PARTITIONS  # the changelog's, as write_changelog makes it
+        asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, partitions)))
+        settings = local_settings(Settings(), broker.url, partitions, tmp_path).replace(
             store="rocksdb://", datadir=str(tmp_path / "data")
-        )
-        changelog = topics.changelog_topic(settings.app_id)
-        asyncio.run(
-            create_topics(
-                broker.bootstrap, {changelog: 4}, config={changelog: {"cleanup.policy": "compact"}}
-            )
         )
         written = asyncio.run(recovery.write_changelog(broker.bootstrap, settings.app_id, LARGE, 5))
         assert written.state_bytes > 1000
