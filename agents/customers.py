@@ -15,10 +15,11 @@ is decoded and written once. Per batch and input partition it:
    quiet. State was already order-free; alignment makes risk assessments and
    alerts independent of read order too, so a replay, a restart or a rebalance
    gives the same alerts;
-4. writes newly waiting events, then the partition's own record, then each
-   touched customer, then the emptied waiting buckets, to the ``customers``
-   table, within the context of an event of that partition so the changelog
-   record lands in the partition the state belongs to.
+4. writes the outbox and newly waiting events, then the partition's own record,
+   then new due-time entries, then each touched customer, then what the batch took
+   out of due and waiting buckets, to the ``customers`` table, within the context
+   of an event of that partition so the changelog record lands in the partition
+   the state belongs to.
 
 Writing the partition record before the customers matters for at-least-once
 processing: records of one changelog partition are stored in send order, so after
@@ -26,7 +27,11 @@ a crash the stored partition record (with its processed offsets and counters) is
 never behind the customer states. Redelivered messages are then recognised by
 offset and not counted twice, while their effect on state is deduplicated by
 event id. Waiting events are stored before the record that marks their offsets
-processed, and removed only after the customers they were applied to.
+processed, and removed only after the customers they were applied to; a day
+leaves the record's index of waiting or due days only in a batch after the one
+that emptied its bucket, so a crash between the record and the customers leaves
+the day's work findable. A crash may cut a batch's writes anywhere:
+tests/agent/test_crash_points.py cuts them at random and right after the record.
 
 Alerts go to another topic, so nothing orders them with the changelog: a worker
 killed after a customer's new state was stored but before the alert it raised was
@@ -40,6 +45,7 @@ same record, which consumers de-duplicate on ``(dedup_key, sequence)``).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import bisect
 import logging
@@ -145,13 +151,45 @@ class CustomerBatch:
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
         by_partition: dict[int, list[EventT]] = defaultdict(list)
+        assignment = self._writable()
+        stale = 0
         for event in events:
-            by_partition[event.message.partition].append(event)
+            message = event.message
+            if assignment is not None and message.tp not in assignment:
+                stale += 1
+                continue
+            by_partition[message.partition].append(event)
+        if stale:
+            # Read again by whoever owns the partition once the rebalance is over:
+            # from the committed offset, or from the recovered state's offsets.
+            log.warning("left %d events read before a rebalance to be read again", stale)
+            self.metrics.stale.inc(stale)
         for partition, group in by_partition.items():
             with handling(group[-1]):
                 self._process_partition(partition, group)
         self.metrics.batch_size.observe(len(events))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _writable(self) -> frozenset[Any] | set[Any] | None:
+        """The topic partitions this worker may write state for now (None: any).
+
+        Nothing fences a Kafka consumer that lost a partition from writing its table
+        (no transactions). A batch taken from the stream before a rebalance can reach
+        the agent after it, and its changelog records would land after the new owner
+        had recovered the partition: the new owner never reads them, but a later
+        recovery does, and a customer's record from the old owner, older than the
+        events the new owner applied, would win. So no state is written while a
+        rebalance is under way (Faust sets ``rebalancing`` when the group starts to
+        rejoin, before revoking anything, and clears it once recovery is done), nor
+        for a partition this worker no longer holds; ``flush_writes`` makes sure
+        what was written before has landed when the partition is handed over.
+        """
+        if self.app.rebalancing:
+            return frozenset()
+        try:
+            return cast(set[Any], self.app.consumer.assignment())
+        except Exception:  # no running consumer: Faust's test context
+            return None
 
     def _load_partition(self, partition: int) -> PartitionState:
         raw = self.table.get(partition_state_key(partition))
@@ -377,15 +415,17 @@ class CustomerBatch:
             (outbox_key(partition, records[i][0]), records[i : i + OUTBOX_CHUNK])
             for i in range(0, len(records), OUTBOX_CHUNK)
         ]
-        # Waiting events and the outbox first, then the partition record, then
-        # customers, then the buckets emptied by this batch: see the module docstring.
+        # Waiting events and the outbox first, then the partition record, then the
+        # due times the new states need, then customers, then what this batch took
+        # out of buckets: see the module docstring.
         for stored, chunk in outboxes:
             table[stored] = _OUTBOX_ENCODER.encode([(key, value) for _, key, value in chunk])
         waiting.write_added()
         table[partition_state_key(partition)] = encode_partition(pstate)
+        buckets.write_added()
         for key, state in touched.items():
             table[key] = encode_state(state)
-        buckets.write()
+        buckets.write_removed()
         waiting.write_released()
         if self.sink is not None:
             for state in touched.values():
@@ -472,13 +512,18 @@ class CustomerBatch:
         the customers who stopped doing anything. Cost: the customers due, no more."""
         lifecycle = self.lifecycle
         days = pstate.due_days
-        while days and days[0] <= limit // DAY:
-            day = days[0]
+        index = 0
+        while index < len(days) and days[index] <= limit // DAY:
+            day = days[index]
             bucket = buckets.get(day)
+            if not bucket:
+                # Emptied by an earlier batch (see PendingBuckets.release).
+                days.pop(index)
+                continue
             for key, due in sorted(bucket.items(), key=lambda item: (item[1], item[0])):
                 if due > limit:
                     continue
-                del bucket[key]
+                buckets.remove(day, key)
                 state = touched.get(key)
                 if state is None:
                     raw = self.table.get(key)
@@ -492,10 +537,11 @@ class CustomerBatch:
                 self.metrics.risk_assessments["due"].inc()
                 touched[key] = state
                 self._schedule(buckets, pstate, key, state)
-            buckets.changed(day)
             if bucket:
                 break  # the rest of this day is not due yet
-            days.pop(0)
+            # Leaves the index in a later batch, once the customers re-assessed here
+            # and the emptied bucket are stored (see PendingBuckets.release).
+            index += 1
 
     def _alert_record(self, alert: Alert, source: Any) -> tuple[str, bytes, bytes]:
         """The id, and the key and value of the record on the alerts topic."""
@@ -668,8 +714,10 @@ class PendingBuckets:
         message = arrival.message
         day = at // DAY
         bucket = self._get(day)
-        if (topic, offset) not in bucket:
-            self.pstate.pending += 1
+        # Counted whether or not the bucket holds it already: it may, written by a
+        # batch that crashed before its partition record, which therefore never
+        # counted it (and ``add`` only sees events new to the partition record).
+        self.pstate.pending += 1
         bucket[topic, offset] = (
             topic, offset, at, tie, message.key, message.value, arrival.watermark,
             message.timestamp,
@@ -684,9 +732,15 @@ class PendingBuckets:
         done = pstate.released
         out: list[Arrival] = []
         days = pstate.pending_days
-        while days and days[0] <= aligned // DAY:
-            day = days[0]
+        index = 0
+        while index < len(days) and days[index] <= aligned // DAY:
+            day = days[index]
             bucket = self._get(day)
+            if not bucket:
+                # Emptied by an earlier batch, whose write of the empty bucket precedes
+                # this batch's partition record: the day can leave the index now.
+                days.pop(index)
+                continue
             gone = self.removed.setdefault(day, set())
             for ident, entry in bucket.items():
                 topic, offset, at, tie, key, value, watermark, timestamp = entry
@@ -704,7 +758,10 @@ class PendingBuckets:
                 out.append(Arrival(order, event, source, watermark, counted))
             if len(gone) < len(bucket):
                 break  # the rest of this day is still waiting
-            days.pop(0)
+            # Emptied now, but the day stays in the index until a later batch: the
+            # partition record is written before the customers these events reach,
+            # and a crash between the two must leave the bucket findable.
+            index += 1
         return out
 
     def _write(self, day: int, bucket: dict[tuple[str, int], tuple[Any, ...]]) -> None:
@@ -734,13 +791,19 @@ class DueBuckets:
     partition). Entries are never removed when a customer's due time moves: the
     stale entry is recognised (the state's due differs) and dropped when its day
     comes, which keeps every update a write to one bucket.
+
+    A crash may cut a batch's writes anywhere, so a stored state's due time must
+    always be findable: new entries are stored before the customers
+    (``write_added``, with the entries this batch took out still in), and entries
+    are taken out only after them (``write_removed``).
     """
 
     def __init__(self, table: Any, partition: int) -> None:
         self.table = table
         self.partition = partition
         self.loaded: dict[int, dict[bytes, int]] = {}
-        self.dirty: set[int] = set()
+        self.added: set[int] = set()
+        self.removed: dict[int, dict[bytes, int]] = {}
 
     def get(self, day: int) -> dict[bytes, int]:
         bucket = self.loaded.get(day)
@@ -754,20 +817,27 @@ class DueBuckets:
         bucket = self.get(day)
         if bucket.get(key) != due:
             bucket[key] = due
-            self.dirty.add(day)
+            self.added.add(day)
 
-    def changed(self, day: int) -> None:
-        self.dirty.add(day)
+    def remove(self, day: int, key: bytes) -> None:
+        self.removed.setdefault(day, {})[key] = self.loaded[day].pop(key)
 
-    def write(self) -> None:
-        for day in sorted(self.dirty):
+    def _write(self, day: int, bucket: dict[bytes, int]) -> None:
+        key = due_bucket_key(self.partition, day)
+        if bucket:
+            self.table[key] = _BUCKET_ENCODER.encode(bucket)
+        elif key in self.table:
+            del self.table[key]
+
+    def write_added(self) -> None:
+        for day in sorted(self.added):
+            removed = self.removed.get(day)
             bucket = self.loaded[day]
-            key = due_bucket_key(self.partition, day)
-            if bucket:
-                self.table[key] = _BUCKET_ENCODER.encode(bucket)
-            elif key in self.table:
-                del self.table[key]
-        self.dirty.clear()
+            self._write(day, {**removed, **bucket} if removed else bucket)
+
+    def write_removed(self) -> None:
+        for day in sorted(self.removed):
+            self._write(day, self.loaded[day])
 
 
 async def resume_from_state(app: ChurnwatchApp) -> list[tuple[TP, int, int]]:
@@ -832,9 +902,46 @@ def _seek_after_faust(app: ChurnwatchApp) -> None:
     consumer._churnwatch_resumes = True
 
 
+#: How long a revocation waits for this worker's writes to reach the broker: well
+#: under any rebalance timeout, and far more than a healthy broker needs.
+REVOKE_FLUSH_SECONDS = 10.0
+
+
+async def flush_writes(app: ChurnwatchApp, timeout: float = REVOKE_FLUSH_SECONDS) -> bool:
+    """Send everything in Faust's producer buffer and wait for the broker to have it.
+
+    Faust flushes at revocation too, but its buffer flush returns as soon as 0.1 s
+    pass without a message leaving the buffer, so changelog records can still be on
+    their way when the partition is handed over, and land after its new owner read
+    the changelog. Returns False if ``timeout`` ran out first.
+    """
+    producer = app.producer
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while producer.buffer.size:
+        if loop.time() > deadline:
+            return False
+        await producer.buffer.flush()
+    try:
+        await asyncio.wait_for(producer.flush(), max(0.1, deadline - loop.time()))
+    except TimeoutError:
+        return False
+    return True
+
+
 def install(app: ChurnwatchApp) -> None:
     settings = app.settings
     batch = CustomerBatch(app)
+
+    async def _flush_on_revoke(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
+        if not await flush_writes(app):
+            log.warning(
+                "writes still unacknowledged %.0fs into a revocation: the new owners of "
+                "this worker's partitions may recover them late",
+                REVOKE_FLUSH_SECONDS,
+            )
+
+    app.on_partitions_revoked.connect(cast(Any, _flush_on_revoke))
 
     async def _resume(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         resent = batch.take_over(assigned_partitions(app))

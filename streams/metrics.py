@@ -270,6 +270,12 @@ class PipelineMetrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=self.registry,
         )
+        self.stale = Counter(
+            "churnwatch_stale_events",
+            "Input messages left unprocessed because they reached the agent during a "
+            "rebalance or after their partition moved away (read again by the owner)",
+            registry=self.registry,
+        )
         self.alerts = Counter(
             "churnwatch_alerts",
             "Churn-risk alerts emitted, by status and tier",

@@ -1,0 +1,203 @@
+"""A worker killed between any two of a batch's table writes loses nothing.
+
+A batch writes its table records in a fixed order (see agents/customers.py): the
+outbox and newly waiting events, the partition record, the customers, then the
+emptied buckets. SIGKILL can cut that sequence anywhere; the next owner recovers
+the changelog up to the cut and reads the input again from the offsets the
+partition record gives. These tests cut a run's changelog at chosen points, resume
+from what was kept, and hold the end state to an undisturbed run of the same input.
+
+The cuts that matter most are right after the partition record of a batch that
+emptied a bucket of waiting events or of due customers: the record must not forget
+the bucket's day before the bucket's work reached the customers it changed
+(tests/integration/test_chaos.py lost signups and lapse alerts that way).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agents.customers import CustomerBatch
+from retention.partition import PartitionState, decode_partition
+from retention.timeutil import from_micros, parse_time
+from streams.generator import write_history
+from streams.inputs import Record, read_events
+from streams.partitions import partition_state_key
+from tests.agent.test_alignment import read_in_chunks
+from tests.inprocess import Received, Run, Sent
+
+AS_OF = parse_time("2025-07-01T00:00:00Z")
+BATCH = 100
+STATE = partition_state_key(0)
+
+
+class Changelog(dict[bytes, bytes]):
+    """The table as a dict that also keeps every write in order, as its changelog."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[bytes, bytes | None]] = []
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.log.append((key, value))
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: bytes) -> None:
+        self.log.append((key, None))
+        super().__delitem__(key)
+
+    def pop(self, key: bytes, *default: Any) -> Any:
+        if key in self:
+            self.log.append((key, None))
+        return super().pop(key, *default)
+
+    @classmethod
+    def recovered(cls, log: list[tuple[bytes, bytes | None]]) -> Changelog:
+        """The table a new owner recovers from the changelog ``log``."""
+        table = cls()
+        for key, value in log:
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        return table
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+    path: Path = tmp_path_factory.mktemp("crash") / "history.jsonl"
+    write_history(path, 120, 150, 23, from_micros(AS_OF))
+    return [r for r in read_events(path, "jsonl") if r.occurred_at is None or r.occurred_at < AS_OF]
+
+
+def logged_run(history: list[Record]) -> Run:
+    run = Run(history, AS_OF)
+    run.table = Changelog()
+    run.app.customers = run.table
+    run.batch = CustomerBatch(run.app)  # type: ignore[arg-type]
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference(history: list[Record]) -> Run:
+    run = Run(history, AS_OF)
+    run.feed(sorted(history, key=lambda r: r.occurred_at or -1), [1], random.Random(0))
+    return run
+
+
+class Undisturbed:
+    """The input read in topic chunks (events wait for alignment), in batches, with
+    each batch's span of the changelog."""
+
+    def __init__(self, history: list[Record], seed: int) -> None:
+        rng = random.Random(seed)
+        self.run = run = logged_run(history)
+        self.messages = [
+            run.message(r.topic, r.key, r.value) for r in read_in_chunks(history, 60, rng)
+        ]
+        self.spans: list[tuple[int, int]] = []
+        self.sent: list[int] = []  # alerts sent once each batch was done
+        for at in range(0, len(self.messages), BATCH):
+            start = len(run.table.log)
+            run.batch.process(self.messages[at : at + BATCH])
+            self.spans.append((start, len(run.table.log)))
+            self.sent.append(len(run.app.alerts_topic.values))
+
+    def sent_before(self, cut: int) -> list[bytes]:
+        """The alerts that left before the cut: a batch sends its alerts after its
+        writes, so those of the batches done by then."""
+        done = [n for (_, end), n in zip(self.spans, self.sent, strict=True) if end <= cut]
+        return self.run.app.alerts_topic.values[: done[-1] if done else 0]
+
+    def state_write(self, batch: int) -> int:
+        start, end = self.spans[batch]
+        log = self.run.table.log
+        return next(i for i in range(start, end) if log[i][0] == STATE)
+
+    def forgets(self, batch: int, field: str) -> bool:
+        """Whether ``batch`` took a day out of the partition record's ``field``."""
+        log = self.run.table.log
+        at = self.state_write(batch)
+        before = next(
+            (decode_partition(v) for k, v in reversed(log[:at]) if k == STATE and v), None
+        )
+        after = decode_partition(log[at][1] or b"")
+        return before is not None and bool(set(getattr(before, field)) - set(getattr(after, field)))
+
+
+def resume_after_crash(history: list[Record], disturbed: Undisturbed, cut: int) -> Run:
+    """A new owner recovers the changelog up to ``cut`` and reads the input again."""
+    old = disturbed.run
+    run = Run(history, AS_OF)
+    run.table = Changelog.recovered(old.table.log[:cut])
+    run.app.customers = run.table
+    run.app.alerts_topic = Sent()
+    run.batch = CustomerBatch(run.app)  # type: ignore[arg-type]
+    resent = run.batch.take_over([0])
+    raw = run.table.get(STATE)
+    resume = {} if raw is None else decode_partition(raw).resume_offsets()
+    again: list[Received] = [
+        m for m in disturbed.messages if m.message.offset >= resume.get(m.message.topic, 0)
+    ]
+    run.offsets = old.offsets.copy()
+    for at in range(0, len(again), BATCH):
+        run.batch.process(again[at : at + BATCH])
+    run.feed([], [1], random.Random(0))  # the final tick
+    run.resent = resent  # type: ignore[attr-defined]
+    return run
+
+
+def check(run: Run, disturbed: Undisturbed, cut: int, reference: Run) -> None:
+    state: PartitionState = decode_partition(run.table[STATE])
+    expected = decode_partition(reference.table[STATE])
+    figures = ("consumed", "valid", "duplicates", "deadletter", "pending")
+    assert {f: getattr(state, f) for f in figures} == {f: getattr(expected, f) for f in figures}, (
+        f"cut at write {cut}"
+    )
+    got, want = run.customers(), reference.customers()
+    missing = sorted(k for k in want if got.get(k) != want[k])
+    assert not missing, (cut, missing[:3], [(got.get(k), want[k]) for k in missing[:1]])
+    # Alerts: everything sent before the cut (those after it never left) and after the
+    # restart, with the outbox sent again, says what the undisturbed run said.
+    kept = {_ident(v) for v in disturbed.sent_before(cut)} | {
+        _ident(v) for v in run.app.alerts_topic.values
+    }
+    assert kept >= set(reference.alerts()), sorted(set(reference.alerts()) - kept)[:3]
+
+
+def _ident(value: bytes) -> tuple[Any, ...]:
+    a = json.loads(value)
+    return (a["customer_id"], a["sequence"], a["status"], a["tier"], a["at"])
+
+
+@pytest.mark.parametrize("field", ["pending_days", "due_days"])
+def test_a_crash_right_after_the_partition_record_loses_no_days_work(
+    history: list[Record], reference: Run, field: str
+) -> None:
+    """Cut right after the partition record of batches that emptied a bucket: the
+    customers the bucket's events or due times changed are not stored yet."""
+    disturbed = Undisturbed(history, seed=3)
+    batches = [b for b in range(len(disturbed.spans)) if disturbed.forgets(b, field)]
+    assert batches, f"the read order never emptied a bucket of {field}"
+    for batch in batches[:4]:
+        cut = disturbed.state_write(batch) + 1
+        check(resume_after_crash(history, disturbed, cut), disturbed, cut, reference)
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 2**16), where=st.floats(0.0, 1.0))
+def test_a_crash_between_any_two_writes_loses_nothing(
+    history: list[Record], reference: Run, seed: int, where: float
+) -> None:
+    disturbed = Undisturbed(history, seed)
+    cut = round(where * len(disturbed.run.table.log))
+    check(resume_after_crash(history, disturbed, cut), disturbed, cut, reference)
