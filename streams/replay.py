@@ -6,7 +6,8 @@ key), not recomputed from the input. Steps: start a broker (unless one is given)
 create topics, publish the file (in event-time order unless asked to keep the
 file's order, as a history happened), start workers with the live clock off, wait
 until the workers have committed every input offset, send one final clock tick at
-``as_of`` to every partition, wait for that too, then collect.
+``as_of`` to every partition, wait for that too and for the state to show every
+record applied, then collect.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from streams.broker import EmbeddedBroker
 from streams.inputs import Format, Record, read_events
 from streams.kafka_admin import (
     create_topics,
+    end_offsets,
     read_all,
     read_latest_by_key,
     wait_for_zero_lag,
@@ -136,6 +138,39 @@ async def tick_and_wait(
     ``app_id`` has committed it: the periods and lapses due by then are done."""
     await send_ticks(bootstrap, partitions, moment)
     await wait_for_zero_lag(bootstrap, app_id, [topics.CLOCK], timeout=timeout)
+    await wait_applied(bootstrap, app_id, timeout=timeout)
+
+
+async def wait_applied(bootstrap: str, app_id: str, timeout: float = 120.0) -> None:
+    """Wait until the partition records in the changelog show every record of every
+    consumed topic applied to the state.
+
+    Committed offsets alone do not say so: after a rebalance the committed offset
+    can be ahead of the state (Faust acknowledges what a worker read but left for
+    the partition's owner, see ``agents/customers.py``) while the owner reads those
+    records again. Raises ``TimeoutError`` naming what is still behind.
+    """
+    ends = await end_offsets(bootstrap, topics.CONSUMED_TOPICS)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: list[PartitionState] | None = None
+    while True:
+        _, states = await collect(bootstrap, app_id)
+        applied = {(t, s.partition): offset for s in states for t, offset in s.offsets.items()}
+        behind = sorted(
+            f"{tp.topic}[{tp.partition}] at {applied.get((tp.topic, tp.partition), -1) + 1}"
+            f" of {end}"
+            for tp, end in ends.items()
+            if applied.get((tp.topic, tp.partition), -1) + 1 < end
+        )
+        # Caught up, and no record changed since the last look: a batch writes its
+        # partition record first, so the customers it updated are in by now too.
+        if not behind and states == last:
+            return
+        last = states
+        if loop.time() > deadline:
+            raise TimeoutError(f"state not caught up after {timeout:.0f}s: {', '.join(behind)}")
+        await asyncio.sleep(0.5)
 
 
 async def collect(
