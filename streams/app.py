@@ -158,16 +158,26 @@ def create_app(settings: Settings) -> ChurnwatchApp:
         component.load()(app)
     install_views(app)
 
-    async def _after_start() -> None:
-        # Below WARNING Faust and aiokafka log several records per event, which costs
-        # more than processing it; their own records stay at WARNING unless debugging.
-        if settings.log_level.lower() != "debug":
-            for name in QUIET_LOGGERS:
-                logging.getLogger(name).setLevel(logging.WARNING)
-        # A batch writes one changelog record per touched customer; let the buffer
-        # hold a whole batch instead of blocking on every hundredth record.
-        app.producer.buffer.max_messages = max(10 * settings.batch_max, 10_000)
-
-    app.on_startup_finished = _after_start
+    # A faust.Worker replaces on_startup_finished with its own when it starts:
+    # streams/worker.py calls after_start from there.
+    app.on_startup_finished = lambda: after_start(app)
 
     return app
+
+
+#: Messages Faust's producer buffer holds before the stream waits for it to drain.
+def producer_buffer_size(settings: Settings) -> int:
+    return max(10 * settings.batch_max, 10_000)
+
+
+async def after_start(app: ChurnwatchApp) -> None:
+    """Tuning that needs the started app."""
+    # Below WARNING Faust and aiokafka log several records per event, which costs
+    # more than processing it; their own records stay at WARNING unless debugging.
+    if app.settings.log_level.lower() != "debug":
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    # A batch writes one changelog record per touched customer. At Faust's default
+    # of 100 the stream stops before every message once the buffer holds more, and
+    # drains it a message at a time: let it hold many batches instead.
+    app.producer.buffer.max_messages = producer_buffer_size(app.settings)
