@@ -151,11 +151,13 @@ class CustomerBatch:
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
         by_partition: dict[int, list[EventT]] = defaultdict(list)
-        assignment = self._writable()
+        writable = self._writable()
         stale = 0
         for event in events:
             message = event.message
-            if assignment is not None and message.tp not in assignment:
+            if writable is not None and (
+                message.generation_id != writable[1] or message.tp not in writable[0]
+            ):
                 stale += 1
                 continue
             by_partition[message.partition].append(event)
@@ -170,24 +172,30 @@ class CustomerBatch:
         self.metrics.batch_size.observe(len(events))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    def _writable(self) -> frozenset[Any] | set[Any] | None:
-        """The topic partitions this worker may write state for now (None: any).
+    def _writable(self) -> tuple[frozenset[Any] | set[Any], int] | None:
+        """The topic partitions this worker may write state for now, and the consumer
+        generation their messages must have been fetched in (None: no checks).
 
         Nothing fences a Kafka consumer that lost a partition from writing its table
-        (no transactions). A batch taken from the stream before a rebalance can reach
-        the agent after it, and its changelog records would land after the new owner
-        had recovered the partition: the new owner never reads them, but a later
-        recovery does, and a customer's record from the old owner, older than the
-        events the new owner applied, would win. So no state is written while a
-        rebalance is under way (Faust sets ``rebalancing`` when the group starts to
-        rejoin, before revoking anything, and clears it once recovery is done), nor
-        for a partition this worker no longer holds; ``flush_writes`` makes sure
-        what was written before has landed when the partition is handed over.
+        (no transactions), and a batch taken from the stream before a rebalance can
+        reach the agent after it. Its changelog records would land after the new
+        owner had recovered the partition: the new owner never reads them, but a later
+        recovery does, and a customer's record older than the events the new owner
+        applied would win. A partition kept through the rebalance is read again from
+        the committed offset (or the state's, ``resume_from_state``), so an old
+        message applied after the rebalance would be ahead of the ones read again,
+        which would then look like redeliveries and never be counted. So no state is
+        written while a rebalance is under way (Faust sets ``rebalancing`` when the
+        group starts to rejoin, before revoking anything, and clears it once
+        recovery is done), for a partition this worker no longer holds, or from a
+        message fetched in an earlier generation; ``flush_writes`` makes sure what
+        was written before has landed when the partition is handed over.
         """
-        if self.app.rebalancing:
-            return frozenset()
+        app = self.app
+        if app.rebalancing:
+            return frozenset(), -1
         try:
-            return cast(set[Any], self.app.consumer.assignment())
+            return cast(set[Any], app.consumer.assignment()), app.consumer_generation_id
         except Exception:  # no running consumer: Faust's test context
             return None
 
@@ -233,11 +241,21 @@ class CustomerBatch:
         counts: dict[tuple[str, str], int] = defaultdict(int)
         latencies: list[float] = []
         arrivals: list[Arrival] = []
+        offsets = pstate.offsets
         for event in group:
             message = event.message
             topic = message.topic
-            redelivered = pstate.is_redelivery(topic, message.offset)
-            pstate.processed(topic, message.offset)
+            offset = message.offset
+            last = offsets.get(topic, -1)
+            redelivered = offset <= last
+            if offset > last + 1 and last >= 0:
+                # Records between were deleted (retention), or, were they read later,
+                # they would pass for redeliveries and never be counted.
+                log.warning(
+                    "%s[%d]: read offset %d after %d: %d records skipped",
+                    topic, partition, offset, last, offset - last - 1,
+                )  # fmt: skip
+            pstate.processed(topic, offset)
             if topic == topics.CLOCK:
                 tick = self.decoder.decode_tick(message.value)
                 if isinstance(tick, ClockTick):
