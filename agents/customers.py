@@ -433,6 +433,18 @@ class CustomerBatch:
             (outbox_key(partition, records[i][0]), records[i : i + OUTBOX_CHUNK])
             for i in range(0, len(records), OUTBOX_CHUNK)
         ]
+        # Outbox records of earlier batches whose alerts the broker has acknowledged
+        # are deleted at the end; the partition record lists the others and this
+        # batch's (a crash before the deletion leaves a record that is not listed,
+        # but all of its alerts were delivered).
+        unacked: list[tuple[list[Any], bytes]] = []
+        delivered: list[bytes] = []
+        for futures, stored in self.unacked.get(partition, []):
+            if all(_acked(future) for future in futures):
+                delivered.append(stored)
+            else:
+                unacked.append((futures, stored))
+        pstate.outbox = [stored for _, stored in unacked] + [stored for stored, _ in outboxes]
         # Waiting events and the outbox first, then the partition record, then the
         # due times the new states need, then customers, then what this batch took
         # out of buckets: see the module docstring.
@@ -448,13 +460,8 @@ class CustomerBatch:
         if self.sink is not None:
             for state in touched.values():
                 self.sink.offer(state)
-        # Outbox records of earlier batches whose alerts the broker has acknowledged.
-        unacked = []
-        for futures, stored in self.unacked.get(partition, []):
-            if all(_acked(future) for future in futures):
-                table.pop(stored, None)
-            else:
-                unacked.append((futures, stored))
+        for stored in delivered:
+            table.pop(stored, None)
         for stored, chunk in outboxes:
             sent = [self._send_alert(partition, key, value) for _, key, value in chunk]
             unacked.append((sent, stored))
@@ -481,8 +488,8 @@ class CustomerBatch:
         not own before (``owned``: the partitions it owns now), whose alerts the
         previous owner may not have delivered. Returns how many were sent.
 
-        Outbox records are found by a pass over the table's keys: a rebalance costs
-        that pass, a batch nothing."""
+        The partition record lists its outbox records; a record written before that
+        list existed makes this one pass over the table's keys."""
         before, self.owned = self.owned, set(owned)
         for partition in set(self.unacked) - self.owned:
             del self.unacked[partition]  # the new owner sends them again
@@ -490,13 +497,23 @@ class CustomerBatch:
         new = self.owned - before
         if not new:
             return 0
-        prefixes = {outbox_prefix(partition): partition for partition in new}
         found: dict[int, list[tuple[bytes, bytes]]] = {partition: [] for partition in new}
-        for stored, raw in self.table.items():
-            if stored.startswith(OUTBOX):
-                owner = prefixes.get(stored[: stored.index(b"/", len(OUTBOX)) + 1])
-                if owner is not None:
-                    found[owner].append((stored, raw))
+        unlisted: dict[bytes, int] = {}
+        for partition in new:
+            listed = self._load_partition(partition).outbox
+            if listed is None:
+                unlisted[outbox_prefix(partition)] = partition
+                continue
+            for stored in listed:
+                raw = self.table.get(stored)
+                if raw is not None:
+                    found[partition].append((stored, raw))
+        if unlisted:
+            for stored, raw in self.table.items():
+                if stored.startswith(OUTBOX):
+                    owner = unlisted.get(stored[: stored.index(b"/", len(OUTBOX)) + 1])
+                    if owner is not None:
+                        found[owner].append((stored, raw))
         resent = 0
         for partition, entries in found.items():
             self.unacked[partition] = []

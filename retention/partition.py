@@ -78,6 +78,10 @@ class PartitionState(msgspec.Struct, kw_only=True):
     #: after a crash, a waiting event at or below it was released (and counted) by
     #: a batch whose partition record was stored, so it is applied again uncounted.
     released: tuple[int, int, str, int] | None = None
+    #: Keys of the records holding alerts not yet known to be delivered (the agent's
+    #: outbox), so that a new owner finds them without reading every key of the
+    #: table. None: written before this index existed.
+    outbox: list[bytes] | None = None
     #: Money applied on the partition (micro-units): every money sum kept in state
     #: (a customer's spend, a period's revenue, MRR) is at most this, so keeping it
     #: under ``MONEY_BUDGET`` keeps them all within 64-bit integers.

@@ -13,13 +13,14 @@ import random
 from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.customers import CustomerBatch
-from retention.partition import decode_partition
+from retention.partition import decode_partition, encode_partition
 from retention.timeutil import from_micros, parse_time
 from streams import topics
 from streams.generator import write_history
@@ -135,6 +136,11 @@ def test_a_waiting_event_redelivered_as_it_is_released_counts_once(
     assert run.alerts() == reference.alerts()
 
 
+class _NoScan(dict[bytes, bytes]):
+    def items(self) -> Any:
+        raise AssertionError("read every key of the table")
+
+
 class _Unacknowledged:
     """A send future the broker never completes (a worker killed before delivery)."""
 
@@ -168,6 +174,17 @@ def test_alerts_not_acknowledged_are_sent_again_by_the_next_owner(
     assert successor.take_over([0]) == len(sent)
     assert sorted(again) == sorted(sent)
     assert successor.take_over([0]) == 0  # still owned after another rebalance: not again
+
+    # The partition record lists the outbox, so a new owner reads those keys alone;
+    # a record written before that list existed makes it look at every key.
+    record = decode_partition(run.table[partition_state_key(0)])
+    assert record.outbox is not None and sorted(record.outbox) == sorted(outbox)
+    count = len(sent)
+    run.app.customers = _NoScan(run.table)
+    assert CustomerBatch(run.app).take_over([0]) == count  # type: ignore[arg-type]
+    record.outbox = None
+    run.app.customers = dict(run.table) | {partition_state_key(0): encode_partition(record)}
+    assert CustomerBatch(run.app).take_over([0]) == count  # type: ignore[arg-type]
 
     acknowledged = Run(history, AS_OF)  # send_soon returns None: delivered at once
     acknowledged.feed(ordered, [100], random.Random(0))
