@@ -10,6 +10,7 @@ customers table, the period figures, the cohorts, the counters and the alerts.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -18,12 +19,14 @@ from typing import Any
 
 import pytest
 
+from retention.partition import decode_partition
 from retention.timeutil import from_micros, parse_time
 from streams import topics
 from streams.broker import EmbeddedBroker
 from streams.generator import write_history
 from streams.inputs import read_events
 from streams.kafka_admin import create_topics, read_all, wait_for_zero_lag
+from streams.partitions import is_partition_key
 from streams.produce import publish
 from streams.replay import collect, send_ticks, tick_and_wait
 from streams.settings import Settings
@@ -102,6 +105,7 @@ def run_disturbed(history: Path, workdir: Path, initial: int, disturb: Disturb) 
         finally:
             fleet.close()
         customers, partitions = asyncio.run(collect(broker.bootstrap, settings.app_id))
+        _keep_partition_records(broker.bootstrap, settings.app_id, workdir)
         alerts = asyncio.run(read_all(broker.bootstrap, topics.ALERTS))
         deadletters = asyncio.run(read_all(broker.bootstrap, topics.DEADLETTER))
     return Outcome(
@@ -114,6 +118,22 @@ def run_disturbed(history: Path, workdir: Path, initial: int, disturb: Disturb) 
         log=fleet.log,
         seconds=seconds,
     )
+
+
+def _keep_partition_records(bootstrap: str, app_id: str, workdir: Path) -> None:
+    """Every partition record the workers wrote, in changelog order, for diagnosing a
+    failed run (workdir/partition-records.jsonl)."""
+    changelog = asyncio.run(read_all(bootstrap, topics.changelog_topic(app_id)))
+    with (workdir / "partition-records.jsonl").open("w") as out:
+        for record in changelog:
+            if record.key is not None and is_partition_key(record.key) and record.value:
+                state = decode_partition(record.value)
+                kept = {f: getattr(state, f) for f in _TRACED}
+                out.write(json.dumps({"offset": record.offset, **kept}, default=str) + "\n")
+
+
+_TRACED = ("partition", "consumed", "valid", "duplicates", "pending", "offsets", "previous",
+           "released", "pending_days", "aligned")  # fmt: skip
 
 
 def kill_three_times(seed: int) -> Disturb:
