@@ -67,7 +67,11 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         "consumer_auto_offset_reset": "earliest",
         "broker_session_timeout": settings.session_timeout,
         "broker_heartbeat_interval": heartbeat,
-        "broker_rebalance_timeout": max(settings.session_timeout * 3, 10.0),
+        # How long the group waits for a member to rejoin: a member that takes longer
+        # (its revocation waits until its buffered writes are acknowledged) is
+        # dropped, and its late writes would land after the new owner's recovery.
+        # A dead member is still detected by the session timeout.
+        "broker_rebalance_timeout": max(settings.session_timeout * 6, 60.0),
         "broker_commit_interval": settings.commit_interval,
         "broker_max_poll_records": max(500, settings.batch_max),
         "stream_recovery_delay": 0.0,
@@ -165,9 +169,11 @@ def create_app(settings: Settings) -> ChurnwatchApp:
     return app
 
 
-#: Messages Faust's producer buffer holds before the stream waits for it to drain.
 def producer_buffer_size(settings: Settings) -> int:
-    return max(10 * settings.batch_max, 10_000)
+    """Messages Faust's producer buffer holds before the stream waits for it to drain:
+    about two batches' changelog writes. More buys little speed, and everything
+    buffered must reach the broker before a revocation completes."""
+    return max(2 * settings.batch_max, 1000)
 
 
 async def after_start(app: ChurnwatchApp) -> None:
@@ -179,5 +185,5 @@ async def after_start(app: ChurnwatchApp) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
     # A batch writes one changelog record per touched customer. At Faust's default
     # of 100 the stream stops before every message once the buffer holds more, and
-    # drains it a message at a time: let it hold many batches instead.
+    # drains it a message at a time.
     app.producer.buffer.max_messages = producer_buffer_size(app.settings)

@@ -29,5 +29,5 @@ async def test_the_worker_applies_the_tuning_once_started() -> None:
     await app.on_startup_finished()  # called by the app once it has started
 
     assert before == 100  # Faust's default: why the tuning matters
-    assert app.producer.buffer.max_messages == producer_buffer_size(settings) == 10_000
+    assert app.producer.buffer.max_messages == producer_buffer_size(settings) == 1400
     assert all(logging.getLogger(n).level == logging.WARNING for n in QUIET_LOGGERS)
