@@ -147,6 +147,8 @@ class CustomerBatch:
         #: the record's key). A batch of the partition deletes those acknowledged.
         self.unacked: dict[int, list[tuple[list[Any], bytes]]] = {}
         self.owned: set[int] = set()  # input partitions owned, as of the last rebalance
+        #: Per partition, messages of a batch being redone, until all are read again.
+        self.held: dict[int, list[EventT]] = {}
 
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
@@ -203,6 +205,59 @@ class CustomerBatch:
         raw = self.table.get(partition_state_key(partition))
         return PartitionState(partition=partition) if raw is None else decode_partition(raw)
 
+    def _redo(self, pstate: PartitionState, group: list[EventT]) -> list[EventT] | None:
+        """The messages to process now, or None (nothing to do yet).
+
+        Messages at or before the partition record's ``previous`` offsets belong to
+        batches whose effects are all stored (their customers precede this record
+        in the changelog): nothing to do but send their dead letters again. Those
+        between ``previous`` and ``offsets`` are the last batch, whose customers a
+        crash may have cut off: redone, they must be applied together, as they were,
+        with the waiting events that batch released, or a customer could meet its
+        events in another order than the first time. So they are held until every
+        one of them has been read again.
+        """
+        partition = pstate.partition
+        held = self.held.pop(partition, None)
+        if held:
+            group = held + group
+        offsets = pstate.offsets
+        previous = pstate.previous
+        out: list[EventT] = []
+        redoing = False
+        read: dict[str, int] = {}
+        for event in group:
+            message = event.message
+            topic = message.topic
+            offset = message.offset
+            if offset <= offsets.get(topic, -1):
+                if offset <= previous.get(topic, -1):
+                    self._redeliver_dead_letter(message)
+                    continue
+                redoing = True
+                if offset > read.get(topic, -1):
+                    read[topic] = offset
+            out.append(event)
+        if redoing:
+            for topic, last in offsets.items():
+                if last > previous.get(topic, -1) and read.get(topic, -1) < last:
+                    self.held[partition] = out
+                    return None
+        return out or None
+
+    def _redeliver_dead_letter(self, message: Any) -> None:
+        """A message of a batch whose effects are stored: its dead letter, if it had
+        one the decoder gave, may still have been lost with the worker."""
+        rejected: Event | ClockTick | Rejected
+        if message.topic == topics.CLOCK:
+            rejected = self.decoder.decode_tick(message.value)
+        else:
+            rejected = self.decoder.decode(
+                topics.INPUT_TOPICS[message.topic], message.key, message.value
+            )
+        if isinstance(rejected, Rejected):
+            self._send_dead_letter(message, rejected)
+
     def _idle(self, partition: int, pstate: PartitionState) -> set[str]:
         """Input topics read to their end on ``partition``: they hold nothing back.
 
@@ -238,7 +293,18 @@ class CustomerBatch:
         table = self.table
         metrics = self.metrics
         pstate = self._load_partition(partition)
-        pstate.previous = dict(pstate.offsets)
+        redo = self._redo(pstate, group)
+        if redo is None:
+            return  # nothing new, or the redo of the last batch is not complete: held
+        group = redo
+        # Where a new owner resumes if this batch's customers are cut off: before
+        # its first message (a redone batch keeps the start of the batch it redoes).
+        previous = dict(pstate.offsets)
+        for event in group:
+            message = event.message
+            if message.offset <= previous.get(message.topic, -1):
+                previous[message.topic] = message.offset - 1
+        pstate.previous = previous
         periods = self.periods
         book = pstate.periods
         wall = time.time()
@@ -325,7 +391,14 @@ class CustomerBatch:
                 # in this very batch: apply the waiting copy alone, which knows
                 # whether it was counted (applied twice, the second copy would count
                 # as a duplicate of the first).
-                waited = {arrival.order[2:] for arrival in released}
+                waited = {arrival.order[2:]: arrival for arrival in released}
+                for arrival in ready:
+                    copy = waited.get(arrival.order[2:])
+                    if copy is not None and not arrival.redelivered and not copy.redelivered:
+                        # New to the partition record yet waiting already: stored by
+                        # a batch cut off before its partition record, and never
+                        # counted as waiting, though its release just uncounted it.
+                        pstate.pending += 1
                 ready = [a for a in ready if a.order[2:] not in waited]
                 ready.extend(released)
         ready.sort(key=_ORDER)
@@ -496,6 +569,8 @@ class CustomerBatch:
         The partition record lists its outbox records; a record written before that
         list existed makes this one pass over the table's keys."""
         before, self.owned = self.owned, set(owned)
+        # Every partition is read again from its committed (or the state's) offset.
+        self.held.clear()
         for partition in set(self.unacked) - self.owned:
             del self.unacked[partition]  # the new owner sends them again
         # Partitions owned before: this worker's producer is delivering their alerts.
@@ -628,6 +703,9 @@ class CustomerBatch:
         if not redelivered:
             pstate.deadletter += 1
             counts["rejected", rejected.reason] += 1
+        self._send_dead_letter(message, rejected)
+
+    def _send_dead_letter(self, message: Any, rejected: Rejected) -> None:
         value = message.value or b""
         record = DeadLetter(
             reason=rejected.reason,
