@@ -147,6 +147,8 @@ class CustomerBatch:
         #: the record's key). A batch of the partition deletes those acknowledged.
         self.unacked: dict[int, list[tuple[list[Any], bytes]]] = {}
         self.owned: set[int] = set()  # input partitions owned, as of the last rebalance
+        #: The consumer generation revoked last: its messages are not applied.
+        self.fenced: int | None = None
         #: Per partition, messages of a batch being redone, until all are read again.
         self.held: dict[int, list[EventT]] = {}
 
@@ -187,19 +189,29 @@ class CustomerBatch:
         the committed offset (or the state's, ``resume_from_state``), so an old
         message applied after the rebalance would be ahead of the ones read again,
         which would then look like redeliveries and never be counted. So no state is
-        written while a rebalance is under way (Faust sets ``rebalancing`` when the
-        group starts to rejoin, before revoking anything, and clears it once
-        recovery is done), for a partition this worker no longer holds, or from a
-        message fetched in an earlier generation; ``flush_writes`` makes sure what
-        was written before has landed when the partition is handed over.
+        written from a message fetched in a generation that is being revoked (from
+        ``fence``, called as revocation completes, until the group's next
+        generation) or that is over, nor for a partition this worker does not hold;
+        ``flush_writes`` makes sure what was written before has landed when the
+        partition is handed over.
+
+        Faust's ``rebalancing`` flag is no fence: it stays set until recovery is done,
+        after the consumer has been sought to where it must read again, so messages
+        dropped under it would never be read again.
         """
         app = self.app
-        if app.rebalancing:
-            return frozenset(), -1
         try:
-            return cast(set[Any], app.consumer.assignment()), app.consumer_generation_id
+            assignment = cast(set[Any], app.consumer.assignment())
         except Exception:  # no running consumer: Faust's test context
             return None
+        generation = app.consumer_generation_id
+        if generation == self.fenced:  # revoked; the next assignment brings another
+            return frozenset(), -1
+        return assignment, generation
+
+    def fence(self) -> None:
+        """Write nothing more from messages of the current consumer generation."""
+        self.fenced = self.app.consumer_generation_id
 
     def _load_partition(self, partition: int) -> PartitionState:
         raw = self.table.get(partition_state_key(partition))
@@ -1052,6 +1064,7 @@ def install(app: ChurnwatchApp) -> None:
     batch = CustomerBatch(app)
 
     async def _flush_on_revoke(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
+        batch.fence()
         if not await flush_writes(app):
             log.warning(
                 "writes still unacknowledged %.0fs into a revocation: the new owners of "

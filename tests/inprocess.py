@@ -65,7 +65,6 @@ class Run:
             alerts_topic=Sent(),
             lifecycle=Lifecycle(load_risk_config(None), None, config.window),
             redis_sink=None,
-            rebalancing=False,  # a single owner of every partition, never rebalanced
             # Every record is in the log before the first read, as in a replay.
             consumer=SimpleNamespace(highwater=lambda tp: ends.get(tp.topic, 0)),
         )
