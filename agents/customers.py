@@ -147,8 +147,8 @@ class CustomerBatch:
         #: the record's key). A batch of the partition deletes those acknowledged.
         self.unacked: dict[int, list[tuple[list[Any], bytes]]] = {}
         self.owned: set[int] = set()  # input partitions owned, as of the last rebalance
-        #: The consumer generation revoked last: its messages are not applied.
-        self.fenced: int | None = None
+        #: Partitions revoked and the rebalance not complete yet: apply nothing.
+        self.fenced = False
         #: Per partition, messages of a batch being redone, until all are read again.
         self.held: dict[int, list[EventT]] = {}
 
@@ -189,9 +189,9 @@ class CustomerBatch:
         the committed offset (or the state's, ``resume_from_state``), so an old
         message applied after the rebalance would be ahead of the ones read again,
         which would then look like redeliveries and never be counted. So no state is
-        written from a message fetched in a generation that is being revoked (from
-        ``fence``, called as revocation completes, until the group's next
-        generation) or that is over, nor for a partition this worker does not hold;
+        written between a revocation and the end of the rebalance (``fence`` and
+        ``unfence``), from a message fetched in an earlier generation, nor for a
+        partition this worker does not hold;
         ``flush_writes`` makes sure what was written before has landed when the
         partition is handed over.
 
@@ -204,14 +204,18 @@ class CustomerBatch:
             assignment = cast(set[Any], app.consumer.assignment())
         except Exception:  # no running consumer: Faust's test context
             return None
-        generation = app.consumer_generation_id
-        if generation == self.fenced:  # revoked; the next assignment brings another
+        if self.fenced:
             return frozenset(), -1
-        return assignment, generation
+        return assignment, app.consumer_generation_id
 
     def fence(self) -> None:
-        """Write nothing more from messages of the current consumer generation."""
-        self.fenced = self.app.consumer_generation_id
+        """Apply nothing more until the rebalance is complete (``unfence``)."""
+        self.fenced = True
+
+    def unfence(self) -> None:
+        """Called once the rebalance is complete, before Faust seeks and resumes the
+        flow: what comes next is read in the new generation, from where it must be."""
+        self.fenced = False
 
     def _load_partition(self, partition: int) -> PartitionState:
         raw = self.table.get(partition_state_key(partition))
@@ -1075,6 +1079,7 @@ def install(app: ChurnwatchApp) -> None:
     app.on_partitions_revoked.connect(cast(Any, _flush_on_revoke))
 
     async def _resume(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        batch.unfence()
         resent = batch.take_over(assigned_partitions(app))
         if resent:
             log.warning("sent %d alerts again from the outboxes of partitions taken over", resent)
