@@ -976,7 +976,8 @@ class DueBuckets:
 
 async def resume_from_state(app: ChurnwatchApp) -> list[tuple[TP, int, int]]:
     """Seek each input partition this worker now owns back to where its recovered
-    state says effects may be missing, when that is before the committed offset.
+    state says effects may be missing, when that is before the committed offset or
+    nothing is committed.
 
     Faust commits an offset once the producer's buffer is flushed, but its flush
     gives up after 0.1 s without a message leaving the buffer; and a batch's
@@ -1002,7 +1003,14 @@ async def resume_from_state(app: ChurnwatchApp) -> list[tuple[TP, int, int]]:
             tp = TP(topic, partition)
             # Set by Faust's seek to the committed offsets on assignment.
             committed = cast(Any, consumer)._committed_offset.get(tp)
-            if committed is not None and offset < committed:
+            if committed is None:
+                # Nothing committed: Faust leaves the offset it last read there in
+                # place and drops every message below it, so a first fetch whose
+                # messages never reached the agent (the stream drops those of an
+                # earlier generation) was lost for good (the first 1,000 feedback
+                # records of a partition, in a chaos run). Read from the state's.
+                await consumer.seek(tp, offset)
+            elif offset < committed:
                 await consumer.seek(tp, offset)
                 moved.append((tp, committed, offset))
     return moved
