@@ -149,6 +149,8 @@ class CustomerBatch:
         self.owned: set[int] = set()  # input partitions owned, as of the last rebalance
         #: Partitions revoked and the rebalance not complete yet: apply nothing.
         self.fenced = False
+        #: Per partition, the offsets of the last partition record this worker wrote.
+        self.written: dict[int, dict[str, int]] = {}
         #: Per partition, messages of a batch being redone, until all are read again.
         self.held: dict[int, list[EventT]] = {}
 
@@ -240,7 +242,6 @@ class CustomerBatch:
         offsets = pstate.offsets
         previous = pstate.previous
         out: list[EventT] = []
-        redoing = False
         read: dict[str, int] = {}
         for event in group:
             message = event.message
@@ -250,11 +251,13 @@ class CustomerBatch:
                 if offset <= previous.get(topic, -1):
                     self._redeliver_dead_letter(message)
                     continue
-                redoing = True
                 if offset > read.get(topic, -1):
                     read[topic] = offset
             out.append(event)
-        if redoing:
+        # A record this worker wrote itself had its customers written too (its table
+        # holds them); one recovered from the changelog may not have: redo its batch
+        # before anything else, even if what comes first is new input of other topics.
+        if self.written.get(partition) != offsets:
             for topic, last in offsets.items():
                 if last > previous.get(topic, -1) and read.get(topic, -1) < last:
                     self.held[partition] = out
@@ -546,6 +549,7 @@ class CustomerBatch:
             table[stored] = _OUTBOX_ENCODER.encode([(key, value) for _, key, value in chunk])
         waiting.write_added()
         table[partition_state_key(partition)] = encode_partition(pstate)
+        self.written[partition] = dict(pstate.offsets)
         buckets.write_added()
         for key, state in touched.items():
             table[key] = encode_state(state)
@@ -591,6 +595,8 @@ class CustomerBatch:
             del self.unacked[partition]  # the new owner sends them again
         # Partitions owned before: this worker's producer is delivering their alerts.
         new = self.owned - before
+        for partition in new:
+            self.written.pop(partition, None)  # its record now comes from the changelog
         if not new:
             return 0
         found: dict[int, list[tuple[bytes, bytes]]] = {partition: [] for partition in new}
