@@ -170,9 +170,6 @@ class PartitionState(msgspec.Struct, kw_only=True):
         state recovered with this record."""
         return {topic: offset + 1 for topic, offset in self.previous.items()}
 
-    def is_redelivery(self, topic: str, offset: int) -> bool:
-        return offset <= self.offsets.get(topic, -1)
-
     def processed(self, topic: str, offset: int) -> None:
         if offset > self.offsets.get(topic, -1):
             self.offsets[topic] = offset
