@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -155,7 +155,7 @@ async def wait_applied(bootstrap: str, app_id: str, timeout: float = 120.0) -> N
     deadline = loop.time() + timeout
     last: list[PartitionState] | None = None
     while True:
-        _, states = await collect(bootstrap, app_id)
+        states = await collect(bootstrap, app_id, customers=False)
         applied = {(t, s.partition): offset for s in states for t, offset in s.offsets.items()}
         behind = sorted(
             f"{tp.topic}[{tp.partition}] at {applied.get((tp.topic, tp.partition), -1) + 1}"
@@ -173,22 +173,36 @@ async def wait_applied(bootstrap: str, app_id: str, timeout: float = 120.0) -> N
         await asyncio.sleep(0.5)
 
 
+@overload
 async def collect(
     bootstrap: str, app_id: str
-) -> tuple[dict[str, CustomerState], list[PartitionState]]:
+) -> tuple[dict[str, CustomerState], list[PartitionState]]: ...
+
+
+@overload
+async def collect(
+    bootstrap: str, app_id: str, *, customers: Literal[False]
+) -> list[PartitionState]: ...
+
+
+async def collect(
+    bootstrap: str, app_id: str, *, customers: bool = True
+) -> tuple[dict[str, CustomerState], list[PartitionState]] | list[PartitionState]:
+    """The latest customers and partition records in the table's changelog; with
+    ``customers=False`` the partition records alone (no customer state decoded)."""
     latest = await read_latest_by_key(bootstrap, topics.changelog_topic(app_id))
-    customers: dict[str, CustomerState] = {}
+    states: dict[str, CustomerState] = {}
     partitions: list[PartitionState] = []
     for key, value in latest.items():
         if value is None:
             continue
-        if is_customer_key(key):
-            state = decode_state(value)
-            customers[state.customer_id] = state
-        elif is_partition_key(key):
+        if is_partition_key(key):
             partitions.append(decode_partition(value))
+        elif customers and is_customer_key(key):
+            state = decode_state(value)
+            states[state.customer_id] = state
     partitions.sort(key=lambda p: p.partition)
-    return customers, partitions
+    return (states, partitions) if customers else partitions
 
 
 def replay(
