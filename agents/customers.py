@@ -243,6 +243,7 @@ class CustomerBatch:
         previous = pstate.previous
         out: list[EventT] = []
         read: dict[str, int] = {}
+        beyond: set[str] = set()  # topics read past the last batch
         for event in group:
             message = event.message
             topic = message.topic
@@ -253,15 +254,30 @@ class CustomerBatch:
                     continue
                 if offset > read.get(topic, -1):
                     read[topic] = offset
+            else:
+                beyond.add(topic)
             out.append(event)
         # A record this worker wrote itself had its customers written too (its table
         # holds them); one recovered from the changelog may not have: redo its batch
         # before anything else, even if what comes first is new input of other topics.
         if self.written.get(partition) != offsets:
-            for topic, last in offsets.items():
-                if last > previous.get(topic, -1) and read.get(topic, -1) < last:
-                    self.held[partition] = out
-                    return None
+            missing = [
+                topic
+                for topic, last in offsets.items()
+                if last > previous.get(topic, -1) and read.get(topic, -1) < last
+            ]
+            if missing and not beyond.intersection(missing):
+                self.held[partition] = out
+                return None
+            if missing:
+                # A topic is read in order: past the batch without having read it
+                # again, the consumer will not read it again. Holding on would stall
+                # the partition for good; go on with what was read.
+                log.warning(
+                    "partition %d: the last batch of %s was not read again before newer "
+                    "input; processing without redoing it",
+                    partition, ", ".join(sorted(missing)),
+                )  # fmt: skip
         return out or None
 
     def _redeliver_dead_letter(self, message: Any) -> None:
