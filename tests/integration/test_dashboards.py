@@ -121,7 +121,23 @@ def start_prometheus(workdir: Path, target: str) -> tuple[subprocess.Popen[bytes
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    return process, f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}"
+    # Ready before the test goes on, or a failure that says why: twice in CI the
+    # queries later met a refused connection and an empty log.
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            text = (workdir / "prometheus.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"prometheus exited with {process.returncode}: {text!r}")
+        try:
+            with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as response:
+                if response.status == 200:
+                    return process, base
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"prometheus not ready on {base} after 30 s")
+        time.sleep(0.2)
 
 
 def test_every_panel_query_returns_series(tmp_path: Path) -> None:
