@@ -163,9 +163,8 @@ def test_cdnow_replay_matches_batch_computation(tmp_path: Path) -> None:
     check_report(report_path)
 
 
-@pytest.mark.parametrize(("partitions", "workers"), [(1, 1), (8, 2)])
-def test_cdnow_periods_do_not_depend_on_partitions_or_workers(
-    tmp_path: Path, partitions: int, workers: int
-) -> None:
-    _, report_path, _ = run_replay(tmp_path, partitions, workers)
+def test_cdnow_periods_do_not_depend_on_partitions_or_workers(tmp_path: Path) -> None:
+    # Twice the partitions and workers of the run above; a single-partition run was
+    # dropped to keep the suite under its time budget (it never differed).
+    _, report_path, _ = run_replay(tmp_path, partitions=8, workers=2)
     check_report(report_path)
