@@ -53,7 +53,7 @@ import operator
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
@@ -153,6 +153,10 @@ class CustomerBatch:
         self.written: dict[int, dict[str, int]] = {}
         #: Per partition, messages of a batch being redone, until all are read again.
         self.held: dict[int, list[EventT]] = {}
+        #: When the last rebalance completed and the consumer was last sought to the
+        #: state's offsets (monotonic seconds): diagnostics for a redo not read again.
+        self.unfenced_at: float | None = None
+        self.sought_at: float | None = None
 
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
@@ -218,6 +222,11 @@ class CustomerBatch:
         """Called once the rebalance is complete, before Faust seeks and resumes the
         flow: what comes next is read in the new generation, from where it must be."""
         self.fenced = False
+        self.unfenced_at = time.monotonic()
+
+    def sought(self) -> None:
+        """Called once the consumer has been sought to the recovered state's offsets."""
+        self.sought_at = time.monotonic()
 
     def _load_partition(self, partition: int) -> PartitionState:
         raw = self.table.get(partition_state_key(partition))
@@ -273,10 +282,15 @@ class CustomerBatch:
                 # A topic is read in order: past the batch without having read it
                 # again, the consumer will not read it again. Holding on would stall
                 # the partition for good; go on with what was read.
+                now = time.monotonic()
                 log.warning(
                     "partition %d: the last batch of %s was not read again before newer "
-                    "input; processing without redoing it",
+                    "input; processing without redoing it (batch %s; read %s; written "
+                    "by this worker %s; %s s after the rebalance, %s s after the seek)",
                     partition, ", ".join(sorted(missing)),
+                    {t: (previous.get(t, -1), offsets[t]) for t in missing},
+                    _ranges(group), self.written.get(partition),
+                    _since(self.unfenced_at, now), _since(self.sought_at, now),
                 )  # fmt: skip
         return out or None
 
@@ -1038,7 +1052,21 @@ async def resume_from_state(app: ChurnwatchApp) -> list[tuple[TP, int, int]]:
     return moved
 
 
-def _seek_after_faust(app: ChurnwatchApp) -> None:
+def _ranges(group: Sequence[EventT]) -> dict[str, tuple[int, int]]:
+    """Per topic, the lowest and highest offset in ``group``."""
+    ranges: dict[str, tuple[int, int]] = {}
+    for event in group:
+        message = event.message
+        low, high = ranges.get(message.topic, (message.offset, message.offset))
+        ranges[message.topic] = (min(low, message.offset), max(high, message.offset))
+    return ranges
+
+
+def _since(moment: float | None, now: float) -> str:
+    return "-" if moment is None else f"{now - moment:.2f}"
+
+
+def _seek_after_faust(app: ChurnwatchApp, on_sought: Callable[[], None]) -> None:
     """Run ``resume_from_state`` each time Faust has sought to the committed offsets.
 
     Faust signals ``on_rebalance_complete`` and only then seeks every assigned
@@ -1055,7 +1083,9 @@ def _seek_after_faust(app: ChurnwatchApp) -> None:
 
     async def perform_seek() -> None:
         await faust_seek()
-        for tp, committed, offset in await resume_from_state(app):
+        moved = await resume_from_state(app)
+        on_sought()
+        for tp, committed, offset in moved:
             log.warning(
                 "%s[%d]: committed offset %d is ahead of the recovered state; "
                 "reading again from %d",
@@ -1113,7 +1143,7 @@ def install(app: ChurnwatchApp) -> None:
         resent = batch.take_over(assigned_partitions(app))
         if resent:
             log.warning("sent %d alerts again from the outboxes of partitions taken over", resent)
-        _seek_after_faust(app)
+        _seek_after_faust(app, batch.sought)
 
     app.on_rebalance_complete.connect(cast(Any, _resume))
 
