@@ -1025,10 +1025,13 @@ async def resume_from_state(app: ChurnwatchApp) -> list[tuple[TP, int, int]]:
     redeliveries, so nothing is counted twice. The same holds for input a worker
     acknowledged without the state ever showing it (seen in the chaos test: the
     first thousand records of a partition committed by a worker that never wrote
-    that partition's record). Returns what was moved.
+    that partition's record). Where nothing is committed, the state's offset is also
+    committed, so a partition with no newer input does not show a lag for ever.
+    Returns what was moved.
     """
     consumer = app.consumer
     moved: list[tuple[TP, int, int]] = []
+    unsettled: dict[TP, int] = {}
     for partition in assigned_partitions(app):
         raw = app.customers.get(partition_state_key(partition))
         known = {} if raw is None else decode_partition(raw).resume_offsets()
@@ -1046,9 +1049,19 @@ async def resume_from_state(app: ChurnwatchApp) -> list[tuple[TP, int, int]]:
                 # earlier generation) was lost for good (the first 1,000 feedback
                 # records of a partition, in a chaos run). Read from the state's.
                 await consumer.seek(tp, offset)
+                if offset > 0:
+                    # And say so: everything before it is stored. Otherwise, with no
+                    # newer input, nothing is ever acknowledged on this partition and
+                    # the group's lag stays at what a killed owner read but never
+                    # committed (67 cancellations in a chaos run, lag never zero).
+                    unsettled[tp] = offset
             elif offset < committed:
                 await consumer.seek(tp, offset)
                 moved.append((tp, committed, offset))
+    if unsettled:
+        # Faust's own commit: flushes the producer first, and records the offsets
+        # as committed so that its next commit only moves them forward.
+        await cast(Any, consumer)._commit_offsets(unsettled)
     return moved
 
 
