@@ -153,29 +153,20 @@ class CustomerBatch:
         self.written: dict[int, dict[str, int]] = {}
         #: Per partition, messages of a batch being redone, until all are read again.
         self.held: dict[int, list[EventT]] = {}
-        #: When the consumer was last sought to where it must read (monotonic
-        #: seconds): a message the stream took before that is dropped, as it comes
-        #: again from the new position.
+        #: When the last rebalance completed and the consumer was last sought to the
+        #: state's offsets (monotonic seconds): diagnostics for a redo not read again.
+        self.unfenced_at: float | None = None
         self.sought_at: float | None = None
-        #: When the last rebalance completed (diagnostics).
-        self.rebalanced_at: float | None = None
 
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
         by_partition: dict[int, list[EventT]] = defaultdict(list)
         writable = self._writable()
         stale = 0
-        sought_at = self.sought_at
         for event in events:
             message = event.message
             if writable is not None and (
-                message.generation_id != writable[1]
-                or message.tp not in writable[0]
-                or (
-                    sought_at is not None
-                    and message.time_in is not None
-                    and message.time_in < sought_at
-                )
+                message.generation_id != writable[1] or message.tp not in writable[0]
             ):
                 stale += 1
                 continue
@@ -204,10 +195,9 @@ class CustomerBatch:
         the committed offset (or the state's, ``resume_from_state``), so an old
         message applied after the rebalance would be ahead of the ones read again,
         which would then look like redeliveries and never be counted. So no state is
-        written between a revocation and the seek that follows the rebalance
-        (``fence`` and ``sought``), from a message fetched in an earlier generation or
-        taken from the stream before that seek, nor for a partition this worker does
-        not hold;
+        written between a revocation and the end of the rebalance (``fence`` and
+        ``unfence``), from a message fetched in an earlier generation, nor for a
+        partition this worker does not hold;
         ``flush_writes`` makes sure what was written before has landed when the
         partition is handed over.
 
@@ -225,22 +215,18 @@ class CustomerBatch:
         return assignment, app.consumer_generation_id
 
     def fence(self) -> None:
-        """Apply nothing more until the consumer has been sought (``sought``)."""
+        """Apply nothing more until the rebalance is complete (``unfence``)."""
         self.fenced = True
 
-    def sought(self) -> None:
-        """Called once the consumer has been sought to where it must read again (the
-        committed offsets, or the recovered state's) and what it had fetched before
-        was dropped: from now on messages come from the right place.
-
-        Not at the end of the rebalance (``on_rebalance_complete``), which is before
-        that seek: while Faust recovers tables it resumes fetching, and input read
-        then, from where this worker's consumer last stood, reached the agent right
-        after the signal; applied, it was taken for new input past a crashed batch,
-        which was then never redone (85 purchases lost in a scale chaos run).
-        """
-        self.sought_at = time.monotonic()
+    def unfence(self) -> None:
+        """Called once the rebalance is complete, before Faust seeks and resumes the
+        flow: what comes next is read in the new generation, from where it must be."""
         self.fenced = False
+        self.unfenced_at = time.monotonic()
+
+    def sought(self) -> None:
+        """Called once the consumer has been sought to the recovered state's offsets."""
+        self.sought_at = time.monotonic()
 
     def _load_partition(self, partition: int) -> PartitionState:
         raw = self.table.get(partition_state_key(partition))
@@ -304,7 +290,7 @@ class CustomerBatch:
                     partition, ", ".join(sorted(missing)),
                     {t: (previous.get(t, -1), offsets[t]) for t in missing},
                     _ranges(group), self.written.get(partition),
-                    _since(self.rebalanced_at, now), _since(self.sought_at, now),
+                    _since(self.unfenced_at, now), _since(self.sought_at, now),
                 )  # fmt: skip
         return out or None
 
@@ -1101,8 +1087,7 @@ def _seek_after_faust(app: ChurnwatchApp, on_sought: Callable[[], None]) -> None
     fetch comes while the flow is stopped); it also drops any message below the
     offset it last sought to. A seek made from the signal is therefore undone, so the
     consumer's ``perform_seek`` is wrapped, once, to seek back to the state's offsets
-    after Faust's own seek, before the flow resumes; only then may the agent apply
-    anything again (``on_sought``).
+    after Faust's own seek, before the flow resumes.
     """
     consumer = cast(Any, app.consumer)
     if getattr(consumer, "_churnwatch_resumes", False):
@@ -1110,19 +1095,8 @@ def _seek_after_faust(app: ChurnwatchApp, on_sought: Callable[[], None]) -> None
     faust_seek = consumer.perform_seek
 
     async def perform_seek() -> None:
-        try:
-            await faust_seek()
-            moved = await resume_from_state(app)
-            # What the conductor queued before the seek comes again from the new
-            # positions (it is not acknowledged, so not committed): drop it, as Faust
-            # does on a revocation. What the stream took already is dropped by the
-            # agent (``CustomerBatch.process``).
-            app.flow_control.clear()
-        except asyncio.CancelledError:
-            raise  # a new rebalance, which fences and seeks again
-        except Exception:
-            on_sought()  # as before the seek existed: Faust's recovery fails anyway
-            raise
+        await faust_seek()
+        moved = await resume_from_state(app)
         on_sought()
         for tp, committed, offset in moved:
             log.warning(
@@ -1178,7 +1152,7 @@ def install(app: ChurnwatchApp) -> None:
     app.on_partitions_revoked.connect(cast(Any, _flush_on_revoke))
 
     async def _resume(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-        batch.rebalanced_at = time.monotonic()
+        batch.unfence()
         resent = batch.take_over(assigned_partitions(app))
         if resent:
             log.warning("sent %d alerts again from the outboxes of partitions taken over", resent)
