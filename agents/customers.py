@@ -157,6 +157,10 @@ class CustomerBatch:
         #: state's offsets (monotonic seconds): diagnostics for a redo not read again.
         self.unfenced_at: float | None = None
         self.sought_at: float | None = None
+        #: Topic partitions to read again from an offset (``seek_back``), and per
+        #: partition how often that was asked since the last rebalance.
+        self.seeks: dict[TP, int] = {}
+        self.sought_back: dict[int, int] = {}
 
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
@@ -228,6 +232,15 @@ class CustomerBatch:
         """Called once the consumer has been sought to the recovered state's offsets."""
         self.sought_at = time.monotonic()
 
+    async def seek_back(self) -> None:
+        """Seek the topic partitions ``_redo`` asked to read again."""
+        seeks, self.seeks = self.seeks, {}
+        for tp, offset in seeks.items():
+            try:
+                await self.app.consumer.seek(tp, offset)
+            except Exception as exc:  # revoked meanwhile: its new owner reads it
+                log.warning("could not seek %s[%d] to %d: %r", tp.topic, tp.partition, offset, exc)
+
     def _load_partition(self, partition: int) -> PartitionState:
         raw = self.table.get(partition_state_key(partition))
         return PartitionState(partition=partition) if raw is None else decode_partition(raw)
@@ -278,10 +291,29 @@ class CustomerBatch:
             if missing and not beyond.intersection(missing):
                 self.held[partition] = out
                 return None
+            passed = sorted(beyond.intersection(missing))
+            tries = self.sought_back.get(partition, 0)
+            if passed and tries < MAX_SEEKS_BACK:
+                # Read past the batch without reading it again: right after a
+                # rebalance, input Faust fetched while recovering tables, from where
+                # this worker's consumer last stood on the partition, can reach the
+                # agent before Faust's seek (85 purchases lost in a scale chaos run
+                # when this was applied). Apply none of it: read those topics again
+                # from the batch's start, and keep holding the rest.
+                self.sought_back[partition] = tries + 1
+                for topic in passed:
+                    self.seeks[TP(topic, partition)] = previous.get(topic, -1) + 1
+                self.held[partition] = [e for e in out if e.message.topic not in passed]
+                log.warning(
+                    "partition %d: %s read past the last batch (%s) before it was read "
+                    "again (read %s); reading again from its start",
+                    partition, ", ".join(passed),
+                    {t: (previous.get(t, -1), offsets[t]) for t in passed}, _ranges(group),
+                )  # fmt: skip
+                return None
             if missing:
-                # A topic is read in order: past the batch without having read it
-                # again, the consumer will not read it again. Holding on would stall
-                # the partition for good; go on with what was read.
+                # Sought back MAX_SEEKS_BACK times and still read past: holding on
+                # would stall the partition for good; go on with what was read.
                 now = time.monotonic()
                 log.warning(
                     "partition %d: the last batch of %s was not read again before newer "
@@ -621,6 +653,8 @@ class CustomerBatch:
         before, self.owned = self.owned, set(owned)
         # Every partition is read again from its committed (or the state's) offset.
         self.held.clear()
+        self.seeks.clear()
+        self.sought_back.clear()
         for partition in set(self.unacked) - self.owned:
             del self.unacked[partition]  # the new owner sends them again
         # Partitions owned before: this worker's producer is delivering their alerts.
@@ -1109,6 +1143,10 @@ def _seek_after_faust(app: ChurnwatchApp, on_sought: Callable[[], None]) -> None
     consumer._churnwatch_resumes = True
 
 
+#: How often a partition's redo is sought back to its start before it is given up
+#: on (``CustomerBatch._redo``): more than Faust's in-flight input needs.
+MAX_SEEKS_BACK = 5
+
 #: How long a revocation waits for this worker's writes to reach the broker: well
 #: under any rebalance timeout, and far more than a healthy broker needs.
 REVOKE_FLUSH_SECONDS = 10.0
@@ -1167,3 +1205,5 @@ def install(app: ChurnwatchApp) -> None:
         )
         async for events in batches:
             batch.process(events)
+            if batch.seeks:
+                await batch.seek_back()
