@@ -158,9 +158,9 @@ class CustomerBatch:
         self.unfenced_at: float | None = None
         self.sought_at: float | None = None
         #: Topic partitions to read again from an offset (``seek_back``), and per
-        #: partition how often that was asked since the last rebalance.
+        #: partition when that was first asked since the last rebalance.
         self.seeks: dict[TP, int] = {}
-        self.sought_back: dict[int, int] = {}
+        self.sought_back: dict[int, float] = {}
 
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
@@ -292,15 +292,15 @@ class CustomerBatch:
                 self.held[partition] = out
                 return None
             passed = sorted(beyond.intersection(missing))
-            tries = self.sought_back.get(partition, 0)
-            if passed and tries < MAX_SEEKS_BACK:
+            first = self.sought_back.setdefault(partition, time.monotonic()) if passed else 0.0
+            if passed and time.monotonic() - first < SEEK_BACK_SECONDS:
                 # Read past the batch without reading it again: right after a
                 # rebalance, input Faust fetched while recovering tables, from where
                 # this worker's consumer last stood on the partition, can reach the
                 # agent before Faust's seek (85 purchases lost in a scale chaos run
                 # when this was applied). Apply none of it: read those topics again
-                # from the batch's start, and keep holding the rest.
-                self.sought_back[partition] = tries + 1
+                # from the batch's start, and keep holding the rest. What Faust had
+                # queued already comes first, so this may repeat a few times.
                 for topic in passed:
                     self.seeks[TP(topic, partition)] = previous.get(topic, -1) + 1
                 self.held[partition] = [e for e in out if e.message.topic not in passed]
@@ -312,7 +312,7 @@ class CustomerBatch:
                 )  # fmt: skip
                 return None
             if missing:
-                # Sought back MAX_SEEKS_BACK times and still read past: holding on
+                # Sought back for SEEK_BACK_SECONDS and still read past: holding on
                 # would stall the partition for good; go on with what was read.
                 now = time.monotonic()
                 log.warning(
@@ -1143,9 +1143,11 @@ def _seek_after_faust(app: ChurnwatchApp, on_sought: Callable[[], None]) -> None
     consumer._churnwatch_resumes = True
 
 
-#: How often a partition's redo is sought back to its start before it is given up
-#: on (``CustomerBatch._redo``): more than Faust's in-flight input needs.
-MAX_SEEKS_BACK = 5
+#: How long a partition's redo is sought back to its start, in one rebalance, before
+#: it is given up on (``CustomerBatch._redo``). Input Faust had queued before the
+#: seek took effect drains in well under a second (in a scale chaos run, five seeks
+#: back within 0.2 s, then Faust's own seek, then the batch read again).
+SEEK_BACK_SECONDS = 30.0
 
 #: How long a revocation waits for this worker's writes to reach the broker: well
 #: under any rebalance timeout, and far more than a healthy broker needs.
