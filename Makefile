@@ -39,8 +39,22 @@ lint: $(STAMP) ## ruff lint and format check
 typecheck: $(STAMP) ## mypy on the package
 	$(BIN)/mypy
 
+#: The soak test (2 minutes of one worker at a fixed 250 events/s, which it barely
+#: loads) runs alongside the rest of the suite rather than after it; its output is
+#: printed when both are done, and either failing fails the target.
+SOAK_TEST = tests/integration/test_soak.py
+
 test: tools lint typecheck ## Lint, type-check and run every test tier (unit, agent, integration)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@mkdir -p out; \
+	$(BIN)/pytest $(SOAK_TEST) -p no:cacheprovider --basetemp=$(CURDIR)/out/soak-tmp \
+	  > out/soak-test.log 2>&1 & soak=$$!; \
+	trap 'kill $$soak 2>/dev/null' INT TERM; \
+	echo "$(SOAK_TEST) runs alongside (output in out/soak-test.log)"; \
+	$(BIN)/pytest --ignore=$(SOAK_TEST) $(PYTEST_ARGS); status=$$?; \
+	wait $$soak; soak_status=$$?; \
+	echo "---- $(SOAK_TEST), run alongside the suite ----"; cat out/soak-test.log; \
+	echo "suite exit $$status, soak exit $$soak_status"; \
+	[ $$status -eq 0 ] && [ $$soak_status -eq 0 ]
 
 unit: $(STAMP) ## Pure unit tests only
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
