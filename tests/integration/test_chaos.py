@@ -181,8 +181,9 @@ def test_two_workers_match_the_oracle(
     check_outcome(outcome)
 
 
-# 3 of 3 runs passed since the last fix, too few to call it reliable (see the README,
-# Reliability): left out of `make test`, run by `make reliability`.
+# 12 of 12 runs passed since the last fault it showed (2026-12-02), too few to call it
+# reliable (see the README, Reliability): left out of `make test`, run by
+# `make reliability`.
 @pytest.mark.chaos
 @pytest.mark.not_yet
 def test_sigkill_a_random_worker_three_times(
