@@ -181,7 +181,7 @@ def test_two_workers_match_the_oracle(
     check_outcome(outcome)
 
 
-# 15 of 15 runs passed since the last fault it showed (2026-12-02), too few to call it
+# 25 of 25 runs passed since the last fault it showed (2026-12-02), too few to call it
 # reliable (see the README, Reliability): left out of `make test`, run by
 # `make reliability`.
 @pytest.mark.chaos
