@@ -250,11 +250,7 @@ class CustomerBatch:
         for partition in assigned_partitions(self.app):
             if partition in self.held:
                 continue  # a redo under way: its records are not all applied yet
-            raw = self.table.get(partition_state_key(partition))
-            if raw is None:
-                continue
-            pstate = decode_partition(raw)
-            for topic, last in pstate.offsets.items():
+            for topic, last in self._load_partition(partition).offsets.items():
                 tp = TP(topic, partition)
                 try:
                     high = consumer.highwater(tp)
@@ -325,8 +321,8 @@ class CustomerBatch:
                 self.held[partition] = out
                 return None
             passed = sorted(beyond.intersection(missing))
-            first = self.sought_back.setdefault(partition, time.monotonic()) if passed else 0.0
-            if passed and time.monotonic() - first < SEEK_BACK_SECONDS:
+            now = time.monotonic()
+            if passed and now - self.sought_back.setdefault(partition, now) < SEEK_BACK_SECONDS:
                 # Read past the batch without reading it again: right after a
                 # rebalance, input Faust fetched while recovering tables, from where
                 # this worker's consumer last stood on the partition, can reach the
@@ -347,7 +343,6 @@ class CustomerBatch:
             if missing:
                 # Sought back for SEEK_BACK_SECONDS and still read past: holding on
                 # would stall the partition for good; go on with what was read.
-                now = time.monotonic()
                 log.warning(
                     "partition %d: the last batch of %s was not read again before newer "
                     "input; processing without redoing it (batch %s; read %s; written "
