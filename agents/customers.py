@@ -161,6 +161,9 @@ class CustomerBatch:
         #: partition when that was first asked since the last rebalance.
         self.seeks: dict[TP, int] = {}
         self.sought_back: dict[int, float] = {}
+        #: Per topic partition, the first offset missing before what was read: (that
+        #: offset, when the gap was first seen, when a seek back to it was last asked).
+        self.gaps: dict[TP, tuple[int, float, float]] = {}
 
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
@@ -352,7 +355,61 @@ class CustomerBatch:
                     _ranges(group), self.written.get(partition),
                     _since(self.unfenced_at, now), _since(self.sought_at, now),
                 )  # fmt: skip
-        return out or None
+        return self._contiguous(pstate, out) or None
+
+    def _contiguous(self, pstate: PartitionState, group: list[EventT]) -> list[EventT]:
+        """``group`` without, per topic, anything after a gap in its offsets; the
+        topic is read again from the first missing offset (``seek_back``).
+
+        The partition record holds the last offset applied per topic, so a message
+        further on than the next one means records never reached the agent: Faust
+        acknowledges what the stream skips during a rebalance, and what a stale fetch
+        brought in can come ahead of a seek. Applied, the gap's records would later
+        look like redeliveries and never be counted (one purchase lost in a scale
+        chaos run: purchases[3] read 8597, then 8599). A topic the state has never
+        seen starts wherever its log does. A gap still there after GAP_SECONDS of
+        seeking back is taken for records deleted by retention: the messages go on,
+        with the warning of ``_process_partition``.
+        """
+        partition = pstate.partition
+        offsets = pstate.offsets
+        following: dict[str, int] = {}
+        cut: dict[str, int] = {}
+        out: list[EventT] = []
+        now = time.monotonic()
+        for event in group:
+            message = event.message
+            topic = message.topic
+            if topic in cut:
+                continue
+            offset = message.offset
+            expected = following.get(topic)
+            if expected is None:
+                last = offsets.get(topic)
+                expected = offset if last is None else last + 1
+            if offset > expected:
+                tp = TP(topic, partition)
+                missing, first, asked = self.gaps.get(tp, (expected, now, -1.0))
+                if missing != expected:
+                    first, asked = now, -1.0
+                if now - first < GAP_SECONDS:
+                    cut[topic] = expected
+                    if now - asked >= GAP_SEEK_EVERY:
+                        self.seeks[tp] = expected
+                        asked = now
+                        log.warning(
+                            "%s[%d]: read offset %d while %d is the next to apply; "
+                            "reading again from %d",
+                            topic, partition, offset, expected, expected,
+                        )  # fmt: skip
+                    self.gaps[tp] = (expected, first, asked)
+                    continue
+                self.gaps.pop(tp, None)
+            following[topic] = max(expected, offset + 1)
+            out.append(event)
+        for topic in following.keys() - cut.keys():
+            self.gaps.pop(TP(topic, partition), None)
+        return out
 
     def _redeliver_dead_letter(self, message: Any) -> None:
         """A message of a batch whose effects are stored: its dead letter, if it had
@@ -683,6 +740,7 @@ class CustomerBatch:
         self.held.clear()
         self.seeks.clear()
         self.sought_back.clear()
+        self.gaps.clear()
         for partition in set(self.unacked) - self.owned:
             del self.unacked[partition]  # the new owner sends them again
         # Partitions owned before: this worker's producer is delivering their alerts.
@@ -1176,6 +1234,13 @@ def _seek_after_faust(app: ChurnwatchApp, on_sought: Callable[[], None]) -> None
 #: seek took effect drains in well under a second (in a scale chaos run, five seeks
 #: back within 0.2 s, then Faust's own seek, then the batch read again).
 SEEK_BACK_SECONDS = 30.0
+
+#: How long a gap in a topic partition's offsets is read again from its start before
+#: it is taken for records deleted by retention (``CustomerBatch._contiguous``), and
+#: how often the seek back is asked again meanwhile (what Faust had already queued
+#: from before the seek still arrives after it).
+GAP_SECONDS = 30.0
+GAP_SEEK_EVERY = 1.0
 
 #: How often committed offsets behind a state that covers a whole partition are
 #: moved up to it (``CustomerBatch.settled``).
