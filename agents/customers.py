@@ -112,6 +112,18 @@ _PENDING_DECODER = msgspec.msgpack.Decoder(
 )
 
 
+class Gap(NamedTuple):
+    """Offsets of a topic partition read past without being applied."""
+
+    missing: int  # the next offset to apply
+    seen: int  # the furthest offset read since
+    first: float  # when it was first read past (monotonic seconds)
+    asked: float | None  # when reading again from ``missing`` was last asked
+
+    def past(self, offset: int) -> Gap:
+        return self._replace(seen=max(self.seen, offset))
+
+
 @contextmanager
 def handling(event: EventT) -> Iterator[None]:
     """Make ``event`` Faust's current event while writing tables.
@@ -161,9 +173,8 @@ class CustomerBatch:
         #: partition when that was first asked since the last rebalance.
         self.seeks: dict[TP, int] = {}
         self.sought_back: dict[int, float] = {}
-        #: Per topic partition, the first offset missing before what was read: (that
-        #: offset, when the gap was first seen, when a seek back to it was last asked).
-        self.gaps: dict[TP, tuple[int, float, float]] = {}
+        #: Per topic partition, an offset missing before what was read (``_contiguous``).
+        self.gaps: dict[TP, Gap] = {}
 
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
@@ -362,52 +373,72 @@ class CustomerBatch:
         topic is read again from the first missing offset (``seek_back``).
 
         The partition record holds the last offset applied per topic, so a message
-        further on than the next one means records never reached the agent: Faust
-        acknowledges what the stream skips during a rebalance, and what a stale fetch
-        brought in can come ahead of a seek. Applied, the gap's records would later
-        look like redeliveries and never be counted (one purchase lost in a scale
-        chaos run: purchases[3] read 8597, then 8599). A topic the state has never
-        seen starts wherever its log does. A gap still there after GAP_SECONDS of
-        seeking back is taken for records deleted by retention: the messages go on,
-        with the warning of ``_process_partition``.
+        further on than the next one means records that never reached the agent:
+        Faust counts as read what its stream skips during a rebalance and any jump
+        in a fetch, and what a stale fetch brought in can come ahead of a seek.
+        Applied, the gap's records would later look like redeliveries and never be
+        counted (one purchase lost in a scale chaos run: purchases[3] read 8597,
+        then 8599). A topic the state has never seen starts wherever its log does.
+
+        A log can also have no record at an offset (transaction markers, records
+        deleted by retention). Input read before the seek took effect only goes on
+        past what was read, so a message read again from at or before the furthest
+        one seen, without the missing one before it, shows the log has nothing
+        there: the gap is then read past, with ``_process_partition``'s warning.
         """
         partition = pstate.partition
         offsets = pstate.offsets
         following: dict[str, int] = {}
-        cut: dict[str, int] = {}
+        cut: set[str] = set()
         out: list[EventT] = []
         now = time.monotonic()
         for event in group:
             message = event.message
             topic = message.topic
-            if topic in cut:
-                continue
             offset = message.offset
+            if topic in cut:
+                tp = TP(topic, partition)
+                self.gaps[tp] = self.gaps[tp].past(offset)
+                continue
             expected = following.get(topic)
             if expected is None:
                 last = offsets.get(topic)
                 expected = offset if last is None else last + 1
             if offset > expected:
                 tp = TP(topic, partition)
-                missing, first, asked = self.gaps.get(tp, (expected, now, -1.0))
-                if missing != expected:
-                    first, asked = now, -1.0
-                if now - first < GAP_SECONDS:
-                    cut[topic] = expected
-                    if now - asked >= GAP_SEEK_EVERY:
-                        self.seeks[tp] = expected
-                        asked = now
-                        log.warning(
-                            "%s[%d]: read offset %d while %d is the next to apply; "
-                            "reading again from %d",
-                            topic, partition, offset, expected, expected,
-                        )  # fmt: skip
-                    self.gaps[tp] = (expected, first, asked)
+                gap = self.gaps.get(tp)
+                if gap is None or gap.missing != expected:
+                    self.gaps[tp] = Gap(expected, offset, now, None)
+                    cut.add(topic)
                     continue
-                self.gaps.pop(tp, None)
+                if gap.asked is not None and offset <= gap.seen:
+                    del self.gaps[tp]  # read again, and the log has nothing there
+                elif now - gap.first >= GAP_SECONDS:
+                    del self.gaps[tp]
+                    log.warning(
+                        "%s[%d]: offset %d not read again in %.0f s of seeking back; "
+                        "going on from %d",
+                        topic, partition, expected, GAP_SECONDS, offset,
+                    )  # fmt: skip
+                else:
+                    self.gaps[tp] = gap.past(offset)
+                    cut.add(topic)
+                    continue
             following[topic] = max(expected, offset + 1)
             out.append(event)
-        for topic in following.keys() - cut.keys():
+        for topic in cut:
+            tp = TP(topic, partition)
+            gap = self.gaps[tp]
+            if gap.asked is None or now - gap.asked >= GAP_SEEK_EVERY:
+                if gap.asked is None:
+                    log.warning(
+                        "%s[%d]: read offset %d while %d is the next to apply; "
+                        "reading again from %d",
+                        topic, partition, gap.seen, gap.missing, gap.missing,
+                    )  # fmt: skip
+                self.seeks[tp] = gap.missing
+                self.gaps[tp] = gap._replace(asked=now)
+        for topic in following.keys() - cut:
             self.gaps.pop(TP(topic, partition), None)
         return out
 
@@ -1235,12 +1266,12 @@ def _seek_after_faust(app: ChurnwatchApp, on_sought: Callable[[], None]) -> None
 #: back within 0.2 s, then Faust's own seek, then the batch read again).
 SEEK_BACK_SECONDS = 30.0
 
-#: How long a gap in a topic partition's offsets is read again from its start before
-#: it is taken for records deleted by retention (``CustomerBatch._contiguous``), and
-#: how often the seek back is asked again meanwhile (what Faust had already queued
-#: from before the seek still arrives after it).
-GAP_SECONDS = 30.0
+#: How often reading a topic partition again from a gap in its offsets is asked
+#: while the gap stays open (``CustomerBatch._contiguous``), and how long that goes
+#: on before the agent reads past the gap anyway, with a warning: a seek that never
+#: took effect must not stall the partition for good.
 GAP_SEEK_EVERY = 1.0
+GAP_SECONDS = 30.0
 
 #: How often committed offsets behind a state that covers a whole partition are
 #: moved up to it (``CustomerBatch.settled``).

@@ -11,6 +11,7 @@ that lost nothing.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 from collections import defaultdict
@@ -45,16 +46,26 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
 
 class Consumer:
     """One partition's topics read in the order of ``read_in_chunks``, with a position
-    per topic that the agent's seeks move; ``lose`` messages are passed over once, as
-    a stream that skips a message would."""
+    per topic that the agent's seeks move. Messages in ``lose`` are passed over the
+    first time, as a stream that skips a message would; those in ``absent`` are not
+    in the log at all (transaction markers, records deleted by retention). With
+    ``seeks_work`` false, the agent's seeks never take effect."""
 
-    def __init__(self, messages: list[Received], lose: set[tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        messages: list[Received],
+        lose: set[tuple[str, int]],
+        absent: set[tuple[str, int]],
+        seeks_work: bool = True,
+    ) -> None:
         self.logs: dict[str, list[Received]] = defaultdict(list)
         for m in messages:
-            self.logs[m.message.topic].append(m)
+            if (m.message.topic, m.message.offset) not in absent:
+                self.logs[m.message.topic].append(m)
         self.order = [m.message.topic for m in messages]
         self.position = dict.fromkeys(self.logs, 0)
         self.lose = set(lose)
+        self.seeks_work = seeks_work
         self.sought: list[tuple[str, int]] = []
 
     def next_batch(self, size: int) -> list[Received]:
@@ -63,8 +74,7 @@ class Consumer:
             topic = self._next_topic()
             if topic is None:
                 break
-            log = self.logs[topic]
-            message = log[self.position[topic]]
+            message = self.logs[topic][self.position[topic]]
             self.position[topic] += 1
             key = (topic, message.message.offset)
             if key in self.lose:
@@ -76,20 +86,27 @@ class Consumer:
     def _next_topic(self) -> str | None:
         while self.order:
             topic = self.order.pop(0)
-            if self.position[topic] < len(self.logs[topic]):
+            if topic in self.logs and self.position[topic] < len(self.logs[topic]):
                 return topic
         # The schedule is used up (seeks move positions back): whatever is left.
         return next((t for t, log in self.logs.items() if self.position[t] < len(log)), None)
 
     def seek(self, topic: str, offset: int) -> None:
         self.sought.append((topic, offset))
-        self.position[topic] = offset
+        if self.seeks_work:
+            offsets = [m.message.offset for m in self.logs[topic]]
+            self.position[topic] = bisect.bisect_left(offsets, offset)
 
 
-def drive(history: list[Record], lose: set[tuple[str, int]]) -> tuple[Run, Consumer]:
+def drive(
+    history: list[Record],
+    lose: set[tuple[str, int]],
+    absent: set[tuple[str, int]] = frozenset(),  # type: ignore[assignment]
+    seeks_work: bool = True,
+) -> tuple[Run, Consumer]:
     run = Run(history, AS_OF)
     messages = [run.message(r.topic, r.key, r.value) for r in history]
-    consumer = Consumer(messages, lose)
+    consumer = Consumer(messages, lose, set(absent), seeks_work)
     for _ in range(10 * len(messages)):
         batch = consumer.next_batch(BATCH)
         if not batch:
@@ -138,17 +155,37 @@ def test_a_message_lost_on_the_way_is_read_again_before_anything_after_it(
     assert run.alerts() == reference.alerts()
 
 
-def test_a_gap_that_stays_is_taken_for_deleted_records(
+def test_offsets_absent_from_the_log_are_read_past_after_one_seek(
+    history: list[Record], reference: Run, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Transaction markers and records deleted by retention are never read: read again
+    from the gap, the consumer comes back past it, and the agent goes on from there."""
+    absent = _purchase(history, 250)
+    with caplog.at_level(logging.WARNING, logger="agents.customers"):
+        run, consumer = drive(history, set(), {absent})
+    assert consumer.sought == [absent]
+    assert any("1 records skipped" in r.getMessage() for r in caplog.records)
+    got, want = figures(run), figures(reference)
+    assert got["consumed"] == want["consumed"] - 1
+    assert got["pending"] == 0
+
+
+def test_a_seek_that_never_takes_effect_does_not_stall_the_partition(
     history: list[Record],
     reference: Run,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Records deleted by retention are never read again: once GAP_SECONDS of seeking
-    back have not filled the gap, what follows it is applied, with a warning."""
+    """Reading again is asked every GAP_SEEK_EVERY; after GAP_SECONDS the agent goes
+    on past the gap, with a warning, rather than hold the topic for good (what it
+    dropped waiting for the seek is lost then, which only a broken seek can cause)."""
     monkeypatch.setattr(agents.customers, "GAP_SECONDS", 0.0)
+    lost = _purchase(history, 250)
     with caplog.at_level(logging.WARNING, logger="agents.customers"):
-        run, consumer = drive(history, {_purchase(history, 250)})
-    assert consumer.sought == []
-    assert any("1 records skipped" in r.getMessage() for r in caplog.records)
-    assert figures(run)["consumed"] == figures(reference)["consumed"] - 1
+        run, consumer = drive(history, {lost}, seeks_work=False)
+    assert consumer.sought == [lost]
+    assert any("not read again" in r.getMessage() for r in caplog.records)
+    state = decode_partition(run.table[STATE])
+    purchases = sum(r.topic == topics.PURCHASES for r in history)
+    assert state.offsets[topics.PURCHASES] == purchases - 1  # read on to the end
+    assert figures(reference)["consumed"] - BATCH < state.consumed < figures(reference)["consumed"]
