@@ -13,12 +13,15 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import faust
+from faust import transport
+from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from retention.alerts import Lifecycle
 from retention.model import Model, load_model
 from retention.risk import RiskConfig, load_risk_config
 from schemas.decode import EventDecoder
 from streams import topics
+from streams.consumer import InlineTransport
 from streams.metrics import PipelineMetrics
 from streams.partitions import partition_states
 from streams.redis_sink import RedisSink
@@ -33,6 +36,13 @@ QUIET_LOGGERS = ("faust", "mode", "aiokafka", "kafka")
 
 class ChurnwatchApp(faust.App):
     """A Faust app that also carries churnwatch's settings and shared components."""
+
+    def _new_transport(self) -> Any:
+        # Kafka input is consumed through InlineConsumer (streams/consumer.py).
+        url = self.conf.broker_consumer[0]
+        if transport.by_url(url) is aiokafka_driver.Transport:
+            return InlineTransport(self.conf.broker_consumer, self)
+        return super()._new_transport()
 
     settings: Settings
     decoder: EventDecoder

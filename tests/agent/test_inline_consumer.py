@@ -1,0 +1,115 @@
+"""The worker's consumer hands a message over inline when nothing waits, and exactly
+as Faust does otherwise (streams/consumer.py).
+
+Faust's fetch loop calls ``consumer.wait_first(callback(message),
+consumer.suspend_flow.wait())`` per message; these tests make that same call with
+hand-offs that finish at once, wait, fail, or are overtaken by a rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from streams.app import create_app
+from streams.consumer import InlineConsumer
+from streams.settings import Settings
+
+
+@pytest.fixture
+async def consumer() -> InlineConsumer:
+    # Built inside the test's running loop, as the worker builds it inside its own.
+    app = create_app(Settings(store="memory://", clock="off", log_level="warn"))
+    made = app.consumer  # built, not started: no broker needed
+    assert isinstance(made, InlineConsumer)
+    return made
+
+
+async def test_a_hand_off_that_does_not_wait_runs_in_the_fetch_loop_task(
+    consumer: InlineConsumer,
+) -> None:
+    ran_in: list[asyncio.Task[Any] | None] = []
+
+    async def hand_off() -> str:
+        ran_in.append(asyncio.current_task())
+        return "delivered"
+
+    tasks_before = len(asyncio.all_tasks())
+    result = await consumer.wait_first(hand_off(), consumer.suspend_flow.wait())
+    assert ran_in == [asyncio.current_task()]  # no task of its own
+    assert result.results == ["delivered"] and not result.stopped
+    assert len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_a_hand_off_that_waits_is_finished_under_fausts_wait_first(
+    consumer: InlineConsumer,
+) -> None:
+    room = asyncio.Event()
+    steps: list[str] = []
+
+    async def hand_off() -> str:
+        steps.append("started")
+        await room.wait()  # a full queue
+        steps.append("finished")
+        return "delivered"
+
+    waiting = asyncio.ensure_future(consumer.wait_first(hand_off(), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.01)
+    assert steps == ["started"] and not waiting.done()
+    room.set()
+    result = await asyncio.wait_for(waiting, 1)
+    assert steps == ["started", "finished"]
+    assert "delivered" in result.results
+
+
+async def test_a_rebalance_abandons_a_hand_off_that_waits(consumer: InlineConsumer) -> None:
+    seen: list[str] = []
+
+    async def hand_off() -> None:
+        try:
+            await asyncio.Event().wait()  # flow control stopped: never resumes here
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    waiting = asyncio.ensure_future(consumer.wait_first(hand_off(), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.01)
+    consumer.suspend_flow.set()  # what a rebalance does
+    result = await asyncio.wait_for(waiting, 1)
+    await asyncio.sleep(0)
+    assert seen == ["cancelled"]
+    assert len(result.results) == 1  # the flow event won, the hand-off did not finish
+
+
+async def test_with_the_flow_suspended_the_hand_off_runs_as_faust_runs_it(
+    consumer: InlineConsumer,
+) -> None:
+    ran_in: list[asyncio.Task[Any] | None] = []
+
+    async def hand_off() -> None:
+        ran_in.append(asyncio.current_task())
+
+    consumer.suspend_flow.set()
+    await consumer.wait_first(hand_off(), consumer.suspend_flow.wait())
+    assert ran_in and ran_in[0] is not asyncio.current_task()
+
+
+async def test_a_hand_off_that_fails_raises_in_the_fetch_loop(consumer: InlineConsumer) -> None:
+    async def hand_off() -> None:
+        raise ValueError("bad message")
+
+    with pytest.raises(ValueError, match="bad message"):
+        await consumer.wait_first(hand_off(), consumer.suspend_flow.wait())
+
+
+async def test_other_calls_of_wait_first_are_left_to_faust(consumer: InlineConsumer) -> None:
+    ran_in: list[asyncio.Task[Any] | None] = []
+    other = asyncio.Event()
+
+    async def work() -> None:
+        ran_in.append(asyncio.current_task())
+
+    await consumer.wait_first(work(), other.wait())
+    assert ran_in and ran_in[0] is not asyncio.current_task()
