@@ -5,6 +5,9 @@
   settings as the worker (``streams.app.faust_config``), same raw-bytes topics, same
   ``take_events`` batching; the body only counts. What the churnwatch worker costs
   beyond this is churnwatch's own work.
+- ``BENCH_AGENT=inline``: the same do-nothing agent on churnwatch's consumer
+  (``streams/consumer.py``), which hands messages over without Faust's per-message
+  tasks: what that part of Faust's machinery costs.
 - ``BENCH_AGENT=naive``: the obvious Faust program, one event at a time and one
   table write per event (the event stored under its customer key), on Faust's
   producer defaults (the worker's consumer and start-up settings otherwise): what
@@ -29,18 +32,21 @@ from faust.streams import Stream
 
 from streams import topics
 from streams.app import QUIET_LOGGERS, faust_config
+from streams.consumer import InlineTransport
 from streams.settings import Settings
 
 settings = Settings.from_env()
 MODE = os.environ.get("BENCH_AGENT", "floor")
-if MODE not in ("floor", "naive"):
-    raise SystemExit(f"BENCH_AGENT must be floor or naive, not {MODE!r}")
+if MODE not in ("floor", "inline", "naive"):
+    raise SystemExit(f"BENCH_AGENT must be floor, inline or naive, not {MODE!r}")
 config = faust_config(settings)
 if MODE == "naive":
     # Faust's own producer defaults (no linger, 16 KB batches), as a first program has.
     for name in ("producer_linger", "producer_max_batch_size", "producer_max_request_size"):
         del config[name]
 app = faust.App(f"{settings.app_id}-{MODE}", **config)
+if MODE == "inline":
+    app.transport = InlineTransport(app.conf.broker_consumer, app)
 raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
 inputs = app.topic(*topics.INPUT_TOPICS, key_serializer="raw", value_serializer="raw", **raw)
 status: dict[str, float] = {"count": 0, "first": 0.0, "last": 0.0}
@@ -54,7 +60,7 @@ def _counted(n: int) -> None:
     status["last"] = now
 
 
-if MODE == "floor":
+if MODE in ("floor", "inline"):
 
     @app.agent(inputs, name="floor", concurrency=1)
     async def floor(stream: Any) -> None:

@@ -140,9 +140,11 @@ def floor(settings: Settings, workdir: Path, total: int, mode: str = "floor") ->
         done = json.loads(status.read_text())
         # The agent's own first/last event times are sharper than polling.
         run.seconds = max(done["last"] - done["first"], 1e-3)
-        run.name = (
-            "Faust floor: do-nothing agent" if mode == "floor" else "naive: a table write per event"
-        )
+        run.name = {
+            "floor": "Faust floor: do-nothing agent",
+            "inline": "do-nothing agent, inline hand-off",
+            "naive": "naive: a table write per event",
+        }[mode]
         return run
     finally:
         process.terminate()
@@ -264,6 +266,9 @@ def main() -> None:
             floor_settings = local_settings(base, broker.url, PARTITIONS, workdir / "f")
             runs.append(floor(floor_settings, workdir, total))
             print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+            inline_settings = local_settings(base, broker.url, PARTITIONS, workdir / "i")
+            runs.append(floor(inline_settings, workdir, total, mode="inline"))
+            print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
             naive_settings = local_settings(base, broker.url, PARTITIONS, workdir / "n")
             runs.append(floor(naive_settings, workdir, total, mode="naive"))
             print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
@@ -272,22 +277,22 @@ def main() -> None:
                 runs.append(churnwatch(settings, workdir, total, workers))
                 print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
         lat = latency(records, args.rate, args.latency_seconds, workdir)
-    floor_rate = runs[1].rate
-    naive_rate = runs[2].rate
-    one = runs[3].rate
+    ceiling_run, floor_run, inline_run, naive_run, single, double = runs
+    floor_rate = floor_run.rate
+    one = single.rate
     print(f"\n{'run':<40}{'events/s':>12}{'vs floor':>10}{'start-up s':>12}")
     for run in runs:
         startup = "" if run.startup is None else f"{run.startup:.1f}"
         print(f"{run.name:<40}{run.rate:>12,.0f}{run.rate / floor_rate:>10.2f}{startup:>12}")
-    print(f"\n2 workers / 1 worker: {runs[4].rate / one:.2f}x")
-    print(f"churnwatch x1 / naive table write per event: {one / naive_rate:.2f}x")
-    single = runs[3]
+    print(f"\n2 workers / 1 worker: {double.rate / one:.2f}x")
+    print(f"churnwatch x1 / naive table write per event: {one / naive_run.rate:.2f}x")
+    print(f"churnwatch x1 / do-nothing agent on the same consumer: {one / inline_run.rate:.2f}")
     per_customer = (single.rss - lat["idle_rss"]) / max(single.customers, 1)
     print(
         f"memory store, 1 worker: RSS {single.rss / 2**20:.0f} MB with {single.customers:,} "
         f"customers, {lat['idle_rss'] / 2**20:.0f} MB idle: {per_customer:,.0f} B per customer"
     )
-    print(f"ceiling / churnwatch x1: {runs[0].rate / one:.1f}x")
+    print(f"ceiling / churnwatch x1: {ceiling_run.rate / one:.1f}x")
     print(
         f"end-to-end latency at {lat['rate']:.0f} events/s ({lat['events']} events): "
         f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms"
