@@ -175,6 +175,8 @@ class CustomerBatch:
         self.sought_back: dict[int, float] = {}
         #: Per topic partition, an offset missing before what was read (``_contiguous``).
         self.gaps: dict[TP, Gap] = {}
+        #: Most messages held for a redo (``_bounded``).
+        self.hold_max = HOLD_BATCHES * settings.batch_max
 
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
@@ -332,7 +334,7 @@ class CustomerBatch:
                 if last > previous.get(topic, -1) and read.get(topic, -1) < last
             ]
             if missing and not beyond.intersection(missing):
-                self.held[partition] = out
+                self.held[partition] = self._bounded(partition, offsets, out)
                 return None
             passed = sorted(beyond.intersection(missing))
             now = time.monotonic()
@@ -367,6 +369,38 @@ class CustomerBatch:
                     _since(self.unfenced_at, now), _since(self.sought_at, now),
                 )  # fmt: skip
         return self._contiguous(pstate, out) or None
+
+    def _bounded(self, partition: int, offsets: dict[str, int], held: list[EventT]) -> list[EventT]:
+        """``held`` cut down to ``hold_max`` messages, the rest read again later.
+
+        While a redo waits for its batch to be read again, other input keeps coming;
+        held without bound it became one batch of 18,600 messages in a scale chaos
+        run, whose processing kept the worker from the rebalance under way: it was
+        expelled from the group and its writes landed after the partition's new owner
+        had recovered it, so the state lost 4,308 waiting events. The redo's own
+        messages (at or before the record's offsets) are all kept; of newer input,
+        each topic keeps what came first, up to the bound, and is sought back to the
+        first message it dropped.
+        """
+        if len(held) <= self.hold_max:
+            return held
+        kept: list[EventT] = []
+        dropped: dict[str, int] = {}
+        for event in held:
+            message = event.message
+            topic = message.topic
+            redone = message.offset <= offsets.get(topic, -1)
+            if redone or (topic not in dropped and len(kept) < self.hold_max):
+                kept.append(event)
+            elif topic not in dropped:
+                dropped[topic] = message.offset
+        for topic, offset in dropped.items():
+            self.seeks[TP(topic, partition)] = offset
+        log.info(
+            "partition %d: holding %d messages for a redo, %d dropped to be read again",
+            partition, len(kept), len(held) - len(kept),
+        )  # fmt: skip
+        return kept
 
     def _contiguous(self, pstate: PartitionState, group: list[EventT]) -> list[EventT]:
         """``group`` without, per topic, anything after a gap in its offsets; the
@@ -1272,6 +1306,9 @@ SEEK_BACK_SECONDS = 30.0
 #: took effect must not stall the partition for good.
 GAP_SEEK_EVERY = 1.0
 GAP_SECONDS = 30.0
+
+#: Batches' worth of messages a partition holds while a redo waits for its batch.
+HOLD_BATCHES = 4
 
 #: How often committed offsets behind a state that covers a whole partition are
 #: moved up to it (``CustomerBatch.settled``).
