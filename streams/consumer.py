@@ -1,5 +1,6 @@
-"""Faust's Kafka consumer, with each message handed to the streams inline when
-nothing has to wait.
+"""Faust's Kafka consumer with two changes: each message is handed to the streams
+inline when nothing has to wait, and a seek before the start of a log goes to its
+start instead of crashing the worker.
 
 Faust's fetch loop hands every message over through ``Service.wait_first(callback,
 suspend_flow.wait())``: four asyncio tasks (the hand-off, the flow event, the
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, Mapping
 from typing import Any
 
 from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP
 from mode.services import WaitResults
 
 
@@ -72,6 +74,14 @@ class InlineConsumer(aiokafka_driver.Consumer):
             flow_stopped.close()
             raise
         return await super().wait_first(_Resume(hand_off, pending), flow_stopped)
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        """Faust's table recovery seeks the changelog to where it last read, and maps
+        -1 (nothing read) to 0, but can ask for less (its offsets start from the
+        earliest offset minus one; a SIGKILL chaos run got one below -1). aiokafka
+        raises ValueError for a negative offset, which ended recovery and the
+        worker. Before the start of the log is the start of the log."""
+        await super().seek_wait({tp: max(offset, 0) for tp, offset in partitions.items()})
 
     def _is_hand_off(self, hand_off: Any, flow_stopped: Any) -> bool:
         """Whether this is the fetch loop's call: a message's hand-off raced against

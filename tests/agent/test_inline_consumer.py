@@ -12,6 +12,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP
 
 from streams.app import create_app
 from streams.consumer import InlineConsumer
@@ -113,3 +115,20 @@ async def test_other_calls_of_wait_first_are_left_to_faust(consumer: InlineConsu
 
     await consumer.wait_first(work(), other.wait())
     assert ran_in and ran_in[0] is not asyncio.current_task()
+
+
+async def test_table_recovery_seeking_before_a_log_starts_reads_it_from_its_start(
+    consumer: InlineConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust's recovery once asked for an offset below -1; aiokafka raised ValueError and
+    the worker died (a SIGKILL chaos run)."""
+    asked: list[dict[TP, int]] = []
+
+    async def seek_wait(self: Any, partitions: dict[TP, int]) -> None:
+        asked.append(dict(partitions))
+
+    monkeypatch.setattr(aiokafka_driver.Consumer, "seek_wait", seek_wait)
+    changelog = TP("churnwatch-customers-changelog", 0)
+    other = TP("churnwatch-customers-changelog", 1)
+    await consumer.seek_wait({changelog: -2, other: 57})
+    assert asked == [{changelog: 0, other: 57}]
