@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,7 +26,8 @@ from retention.timeutil import Micros, from_micros
 from schemas.decode import EventDecoder
 from schemas.events import ClockTick
 from streams import topics
-from streams.inputs import Record
+from streams.generator import write_history
+from streams.inputs import Record, read_events
 from streams.metrics import PipelineMetrics
 from streams.partitions import is_customer_key
 from streams.settings import Settings
@@ -108,3 +110,13 @@ class Run:
             for key, value in self.table.items()
             if is_customer_key(key)
         }
+
+
+def generated_history(
+    folder: Path, customers: int, days: int, seed: int, as_of: Micros
+) -> list[Record]:
+    """A generated history's records dated before ``as_of`` (and the undated ones), in
+    the order of its file."""
+    path = folder / "history.jsonl"
+    write_history(path, customers, days, seed, from_micros(as_of))
+    return [r for r in read_events(path, "jsonl") if r.occurred_at is None or r.occurred_at < as_of]

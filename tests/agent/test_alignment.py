@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,12 +20,11 @@ from hypothesis import strategies as st
 
 from agents.customers import CustomerBatch
 from retention.partition import decode_partition, encode_partition
-from retention.timeutil import from_micros, parse_time
+from retention.timeutil import parse_time
 from streams import topics
-from streams.generator import write_history
-from streams.inputs import Record, read_events
+from streams.inputs import Record
 from streams.partitions import OUTBOX, partition_state_key
-from tests.inprocess import Run
+from tests.inprocess import Run, generated_history
 
 AS_OF = parse_time("2025-07-01T00:00:00Z")
 
@@ -50,12 +48,7 @@ def read_in_chunks(records: list[Record], largest: int, rng: random.Random) -> l
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
-    path: Path = tmp_path_factory.mktemp("alignment") / "history.jsonl"
-    write_history(path, 250, 150, 17, from_micros(AS_OF))
-    records = [
-        r for r in read_events(path, "jsonl") if r.occurred_at is None or r.occurred_at < AS_OF
-    ]
-    return records
+    return generated_history(tmp_path_factory.mktemp("alignment"), 250, 150, 17, AS_OF)
 
 
 @pytest.fixture(scope="module")

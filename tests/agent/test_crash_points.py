@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,14 +25,13 @@ from hypothesis import strategies as st
 
 from agents.customers import CustomerBatch
 from retention.partition import PartitionState, decode_partition
-from retention.timeutil import from_micros, parse_time
+from retention.timeutil import parse_time
 from streams import topics
-from streams.generator import write_history
-from streams.inputs import Record, read_events
+from streams.inputs import Record
 from streams.partitions import partition_state_key
 from tests.agent.test_alignment import read_in_chunks
 from tests.agent.test_offset_gaps import Consumer
-from tests.inprocess import Received, Run, Sent
+from tests.inprocess import Received, Run, Sent, generated_history
 
 AS_OF = parse_time("2025-07-01T00:00:00Z")
 BATCH = 100
@@ -74,9 +72,7 @@ class Changelog(dict[bytes, bytes]):
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
-    path: Path = tmp_path_factory.mktemp("crash") / "history.jsonl"
-    write_history(path, 120, 150, 23, from_micros(AS_OF))
-    return [r for r in read_events(path, "jsonl") if r.occurred_at is None or r.occurred_at < AS_OF]
+    return generated_history(tmp_path_factory.mktemp("crash"), 120, 150, 23, AS_OF)
 
 
 def logged_run(history: list[Record]) -> Run:

@@ -15,19 +15,17 @@ import bisect
 import logging
 import random
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
 import agents.customers
 from retention.partition import decode_partition
-from retention.timeutil import from_micros, parse_time
+from retention.timeutil import parse_time
 from streams import topics
-from streams.generator import write_history
-from streams.inputs import Record, read_events
+from streams.inputs import Record
 from streams.partitions import partition_state_key
 from tests.agent.test_alignment import read_in_chunks
-from tests.inprocess import Received, Run
+from tests.inprocess import Received, Run, generated_history
 
 AS_OF = parse_time("2025-07-01T00:00:00Z")
 BATCH = 100
@@ -36,11 +34,7 @@ STATE = partition_state_key(0)
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
-    path: Path = tmp_path_factory.mktemp("gaps") / "history.jsonl"
-    write_history(path, 150, 150, 29, from_micros(AS_OF))
-    records = [
-        r for r in read_events(path, "jsonl") if r.occurred_at is None or r.occurred_at < AS_OF
-    ]
+    records = generated_history(tmp_path_factory.mktemp("gaps"), 150, 150, 29, AS_OF)
     return read_in_chunks(records, 60, random.Random(3))
 
 
