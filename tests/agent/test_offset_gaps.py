@@ -149,11 +149,15 @@ def test_a_message_lost_on_the_way_is_read_again_before_anything_after_it(
     assert run.alerts() == reference.alerts()
 
 
-def test_offsets_absent_from_the_log_are_read_past_after_one_seek(
-    history: list[Record], reference: Run, caplog: pytest.LogCaptureFixture
+def test_offsets_absent_from_the_log_are_read_past_after_gap_seconds(
+    history: list[Record],
+    reference: Run,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Transaction markers and records deleted by retention are never read: read again
-    from the gap, the consumer comes back past it, and the agent goes on from there."""
+    """Records deleted by retention are never read: the agent reads the topic again
+    from the gap until GAP_SECONDS have passed, then goes on past it."""
+    monkeypatch.setattr(agents.customers, "GAP_SECONDS", 0.0)
     absent = _purchase(history, 250)
     with caplog.at_level(logging.WARNING, logger="agents.customers"):
         run, consumer = drive(history, set(), {absent})
@@ -162,6 +166,16 @@ def test_offsets_absent_from_the_log_are_read_past_after_one_seek(
     got, want = figures(run), figures(reference)
     assert got["consumed"] == want["consumed"] - 1
     assert got["pending"] == 0
+
+
+def test_a_gap_is_not_read_past_before_gap_seconds(history: list[Record], reference: Run) -> None:
+    """Coming back past the gap is no proof the log lacks it (a seek to a committed
+    offset beyond it does the same): within GAP_SECONDS the topic stays held."""
+    absent = _purchase(history, 250)
+    run, consumer = drive(history, set(), {absent})
+    state = decode_partition(run.table[STATE])
+    assert state.offsets[topics.PURCHASES] == absent[1] - 1
+    assert consumer.sought and set(consumer.sought) == {absent}
 
 
 def test_a_seek_that_never_takes_effect_does_not_stall_the_partition(
