@@ -75,13 +75,16 @@ class InlineConsumer(aiokafka_driver.Consumer):
             raise
         return await super().wait_first(_Resume(hand_off, pending), flow_stopped)
 
-    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+    async def seek_wait(self, partitions: Mapping[TP, int | None]) -> None:
         """Faust's table recovery seeks the changelog to where it last read, and maps
         -1 (nothing read) to 0, but can ask for less (its offsets start from the
         earliest offset minus one; a SIGKILL chaos run got one below -1). aiokafka
         raises ValueError for a negative offset, which ended recovery and the
-        worker. Before the start of the log is the start of the log."""
-        await super().seek_wait({tp: max(offset, 0) for tp, offset in partitions.items()})
+        worker. It can also ask for None (no offset known: the same ValueError, in
+        another SIGKILL run). Before the start of the log, or nowhere, is its start."""
+        await super().seek_wait(
+            {tp: 0 if offset is None or offset < 0 else offset for tp, offset in partitions.items()}
+        )
 
     def _is_hand_off(self, hand_off: Any, flow_stopped: Any) -> bool:
         """Whether this is the fetch loop's call: a message's hand-off raced against

@@ -129,6 +129,7 @@ async def test_table_recovery_seeking_before_a_log_starts_reads_it_from_its_star
 
     monkeypatch.setattr(aiokafka_driver.Consumer, "seek_wait", seek_wait)
     changelog = TP("churnwatch-customers-changelog", 0)
+    unknown = TP("churnwatch-customers-changelog", 2)
     other = TP("churnwatch-customers-changelog", 1)
-    await consumer.seek_wait({changelog: -2, other: 57})
-    assert asked == [{changelog: 0, other: 57}]
+    await consumer.seek_wait({changelog: -2, unknown: None, other: 57})
+    assert asked == [{changelog: 0, unknown: 0, other: 57}]
