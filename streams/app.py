@@ -37,13 +37,6 @@ QUIET_LOGGERS = ("faust", "mode", "aiokafka", "kafka")
 class ChurnwatchApp(faust.App):
     """A Faust app that also carries churnwatch's settings and shared components."""
 
-    def _new_transport(self) -> Any:
-        # Kafka input is consumed through InlineConsumer (streams/consumer.py).
-        url = self.conf.broker_consumer[0]
-        if transport.by_url(url) is aiokafka_driver.Transport:
-            return InlineTransport(self.conf.broker_consumer, self)
-        return super()._new_transport()
-
     settings: Settings
     decoder: EventDecoder
     metrics: PipelineMetrics
@@ -57,6 +50,13 @@ class ChurnwatchApp(faust.App):
     lifecycle: Lifecycle
     redis_view: RedisView | None
     redis_sink: RedisSink | None
+
+    def _new_transport(self) -> Any:
+        # Kafka input is consumed through InlineConsumer (streams/consumer.py).
+        url = self.conf.broker_consumer[0]
+        if transport.by_url(url) is aiokafka_driver.Transport:
+            return InlineTransport(self.conf.broker_consumer, self)
+        return super()._new_transport()
 
 
 def faust_config(settings: Settings) -> dict[str, Any]:
