@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.broker import BrokerError, EmbeddedBroker
+from streams.broker import BrokerError, EmbeddedBroker, _port_taken
 from streams.kafka_admin import (
     PartitionCountError,
     UnknownTopicError,
@@ -134,6 +134,15 @@ def test_restart_after_stop_serves_again(tmp_path: Path) -> None:
         broker.stop()
     with broker:
         assert connectable(broker.host, broker.port)
+
+
+def test_stop_returns_only_once_the_port_is_free() -> None:
+    # Tansu can outlive its watchdog shell by a few milliseconds; a restart on the same
+    # port in that window was refused ("already in use"). Ten rounds make that likely.
+    for _ in range(10):
+        broker = EmbeddedBroker().start()
+        broker.stop()
+        assert not _port_taken(broker.host, broker.port)
 
 
 def test_port_answered_by_someone_else_is_refused() -> None:
