@@ -1,6 +1,7 @@
-"""Faust's Kafka consumer with two changes: each message is handed to the streams
-inline when nothing has to wait, and a seek before the start of a log goes to its
-start instead of crashing the worker.
+"""Faust's Kafka consumer with three changes: each message is handed to the streams
+inline when nothing has to wait; a seek takes effect for what the fetch loop still
+holds; and a seek before the start of a log goes to its start instead of crashing
+the worker.
 
 Faust's fetch loop hands every message over through ``Service.wait_first(callback,
 suspend_flow.wait())``: four asyncio tasks (the hand-off, the flow event, the
@@ -15,17 +16,28 @@ have, without a task. When it does suspend (flow stopped, a full queue, a full
 producer buffer), the rest of it runs under Faust's own ``wait_first``, which a
 rebalance can interrupt as before. A ``sleep(0)`` after each inline hand-off lets
 the agent take the event before the next one, as the tasks did.
+
+A seek did not reliably take effect. aiokafka drops what it had fetched for the
+partition, but Faust's fetch loop goes on handing over the batch it already holds,
+moves its read offset past the sought one, marks the offsets it jumped over as
+acknowledged (a "gap"), and then drops the records read again below that read offset
+("DROPPED MESSAGE ROFF"). The agent seeks back to re-read what it must apply next
+(agents/customers.py), so such a seek lost records in chaos runs. Here, after a seek
+on a topic partition, the fetch loop hands over nothing of it that was fetched before
+the seek, and the first record fetched after it tells where the log really resumes
+(``landed``): the sought offset, or the next one the log holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Coroutine, Generator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterable, Mapping
 from typing import Any
 
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.types import TP
+from faust.types import TP, Message
 from mode.services import WaitResults
 
 
@@ -56,7 +68,116 @@ class _Resume:
 
 
 class InlineConsumer(aiokafka_driver.Consumer):
-    """The aiokafka driver's consumer, handing messages over inline when it can."""
+    """The aiokafka driver's consumer, handing messages over inline when it can, with
+    seeks that take effect at once."""
+
+    #: Fetches completed (``_getmany``): a record of fetch n was fetched after every
+    #: seek made while fewer than n had completed.
+    _fetches: int = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Per topic partition sought by ``seek``: the offset, and ``_fetches`` then.
+        self._sought: dict[TP, tuple[int, int]] = {}
+        #: Per topic partition, the last seek that took effect: (the offset sought,
+        #: the offset of the first record fetched after it).
+        self.landed: dict[TP, tuple[int, int]] = {}
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        await super().seek(partition, offset)
+        self._sought[partition] = (offset, self._fetches)
+        self.landed.pop(partition, None)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        self._forget(self.assignment())  # Faust's own seek supersedes the agent's
+        return await super().seek_to_committed()
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._forget(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    def _forget(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self._sought.pop(tp, None)
+            self.landed.pop(tp, None)
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        records = await super()._getmany(active_partitions, timeout)
+        self._fetches += 1
+        return records
+
+    def _stale(self, tp: TP, message: Message, fetch: int) -> bool:
+        """Whether ``message``, of fetch number ``fetch``, was fetched before a seek
+        on its partition; the first record fetched after one records where it landed."""
+        sought = self._sought.get(tp)
+        if sought is None:
+            return False
+        offset, at = sought
+        if fetch <= at:
+            return True
+        del self._sought[tp]
+        self.landed[tp] = (offset, message.offset)
+        return False
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - the loop
+        """Faust's fetch loop (``faust.transport.consumer.Consumer._drain_messages``,
+        faust-streaming 0.15) with one change: records of a partition fetched before
+        a seek on it are not handed over, do not move its read offset and do not
+        mark a gap. A record whose hand-off a seek overtook was handed over already;
+        the agent, which checks every offset against its state, leaves it.
+        """
+        callback = self.callback
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        read_offsets = self._read_offset
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                ait: AsyncIterator[tuple[TP, Message]] = self.getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        since_yield += 1
+                        if since_yield > 100:
+                            await asyncio.sleep(0)
+                            since_yield = 0
+                        fetch = self._fetches
+                        if self._stale(tp, message, fetch):
+                            continue
+                        offset = message.offset
+                        r_offset = read_offsets[tp]
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                            if self._stale(tp, message, fetch):
+                                continue  # sought during the hand-off
+                            read_offsets[tp] = offset
+                        else:
+                            self.log.dev("DROPPED MESSAGE ROFF %r", offset)
+                    self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if len(coros) != 2 or timeout is not None or not self._is_hand_off(*coros):

@@ -30,6 +30,7 @@ from streams import topics
 from streams.inputs import Record
 from streams.partitions import partition_state_key
 from tests.agent.test_alignment import read_in_chunks
+from tests.agent.test_offset_gaps import Consumer
 from tests.inprocess import Received, Run, Sent, generated_history
 
 AS_OF = parse_time("2025-07-01T00:00:00Z")
@@ -229,3 +230,50 @@ def test_a_crash_between_any_two_writes_loses_nothing(
     cut = round(where * len(disturbed.run.table.log))
     run = resume_after_crash(history, disturbed, cut, back, batch, first)
     check(run, disturbed, cut, reference)
+
+
+def test_a_redo_holds_a_bounded_number_of_messages(history: list[Record], reference: Run) -> None:
+    """While a redo waits for its batch to be read again, newer input of the other
+    topics is held only up to a bound; the rest is read again once the redo is done.
+    Unbounded, a scale chaos run held 18,600 messages and processed them as one batch,
+    long enough to be expelled from the group mid-rebalance."""
+    disturbed = Undisturbed(history, 5)
+    log = disturbed.run.table.log
+    # A batch without purchases, all of them still to come: their flood is what the
+    # redo would hold.
+    cut = next(
+        at + 1
+        for at in map(disturbed.state_write, range(len(disturbed.spans)))
+        if topics.PURCHASES not in decode_partition(log[at][1] or b"").offsets
+    )
+    run = Run(history, AS_OF)
+    run.table = Changelog.recovered(disturbed.run.table.log[:cut])
+    run.app.customers = run.table
+    run.app.alerts_topic = Sent()
+    run.batch = CustomerBatch(run.app)  # type: ignore[arg-type]
+    run.batch.take_over([0])
+    run.batch.hold_max = 30
+    record = decode_partition(run.table[STATE])
+    redo = _redo_topics(record)
+    resume = record.resume_offsets()
+    again = [m for m in disturbed.messages if m.message.offset >= resume.get(m.message.topic, 0)]
+    # Every other topic is read to its end before the redo's own.
+    again.sort(key=lambda m: m.message.topic in redo)
+    consumer = Consumer(again, set(), set())
+    run.offsets = disturbed.run.offsets.copy()
+    most = 0
+    while batch := consumer.next_batch(BATCH):
+        run.batch.process(batch)
+        most = max(most, len(run.batch.held.get(0, [])))
+        seeks, run.batch.seeks = run.batch.seeks, {}
+        for tp, offset in seeks.items():
+            consumer.seek(tp.topic, offset)
+    run.feed([], [1], random.Random(0))  # the final tick
+    assert most <= 30 + BATCH
+    assert redo and consumer.sought
+    check(run, disturbed, cut, reference)
+
+
+def _redo_topics(record: PartitionState) -> set[str]:
+    """The topics of the batch a record was written for."""
+    return {t for t, last in record.offsets.items() if last > record.previous.get(t, -1)}

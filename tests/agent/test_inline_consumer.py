@@ -9,6 +9,8 @@ hand-offs that finish at once, wait, fail, or are overtaken by a rebalance.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -133,3 +135,104 @@ async def test_table_recovery_seeking_before_a_log_starts_reads_it_from_its_star
     other = TP("churnwatch-customers-changelog", 1)
     await consumer.seek_wait({changelog: -2, unknown: None, other: 57})
     assert asked == [{changelog: 0, unknown: 0, other: 57}]
+
+
+class _Fetches:
+    """Stands in for Kafka behind the fetch loop: each ``getmany`` is one fetch of
+    the next listed batch of (topic partition, offset), counted as the consumer's
+    own ``_getmany`` counts them; the loop stops when the batches run out."""
+
+    def __init__(self, consumer: InlineConsumer, batches: list[list[tuple[TP, int]]]) -> None:
+        self.consumer = consumer
+        self.batches = batches
+        self.fetcher = SimpleNamespace(_stopped=asyncio.Event())
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        if not self.batches:
+            self.fetcher._stopped.set()
+            return
+        batch = self.batches.pop(0)
+        self.consumer._fetches += 1
+        for tp, offset in batch:
+            yield tp, SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=offset)
+
+
+PURCHASES = TP("purchases", 0)
+SIGNUPS = TP("signups", 0)
+
+
+def _drive(
+    consumer: InlineConsumer,
+    monkeypatch: pytest.MonkeyPatch,
+    batches: list[list[tuple[TP, int]]],
+    on_delivery: Callable[[Any], Awaitable[None]] | None = None,
+) -> tuple[_Fetches, list[tuple[TP, int]]]:
+    delivered: list[tuple[TP, int]] = []
+    fetches = _Fetches(consumer, batches)
+
+    async def callback(message: Any) -> None:
+        delivered.append((TP(message.topic, message.partition), message.offset))
+        if on_delivery is not None:
+            await on_delivery(message)
+
+    async def _seek(partition: TP, offset: int) -> None:
+        pass  # aiokafka's part: its own buffer and position
+
+    monkeypatch.setattr(consumer, "getmany", fetches.getmany)
+    monkeypatch.setattr(consumer, "callback", callback)
+    monkeypatch.setattr(consumer, "_seek", _seek)
+    return fetches, delivered
+
+
+async def test_records_fetched_before_a_seek_are_not_handed_over(
+    consumer: InlineConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent seeks purchases back to 5 on reading 7; the rest of that fetch (8, 9)
+    is not handed over, nor does it move the read offset or mark 6..9 acknowledged;
+    the next fetch, from 5, is handed over whole. Faust's loop delivered 8 and 9 and
+    then dropped 5..9 below its read offset."""
+
+    async def seek_back(message: Any) -> None:
+        if message.topic == "purchases" and message.offset == 7 and not consumer.landed:
+            await consumer.seek(PURCHASES, 5)
+
+    stale = [(PURCHASES, 6), (PURCHASES, 7), (SIGNUPS, 3), (PURCHASES, 8), (PURCHASES, 9)]
+    fresh = [(PURCHASES, o) for o in range(5, 11)]
+    fetches, delivered = _drive(consumer, monkeypatch, [stale, fresh], seek_back)
+    await consumer._drain_messages(fetches.fetcher)
+    assert delivered == [(PURCHASES, 6), (PURCHASES, 7), (SIGNUPS, 3), *fresh]
+    assert consumer.landed == {PURCHASES: (5, 5)}
+    assert not consumer._gap.get(PURCHASES)
+    assert consumer._read_offset[PURCHASES] == 10
+
+
+async def test_a_seek_landing_past_the_sought_offset_shows_where_the_log_resumes(
+    consumer: InlineConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records deleted by retention, transaction markers: the first record fetched
+    after seeking to 5 is 8, so the log holds nothing at 5..7."""
+    fetches, delivered = _drive(consumer, monkeypatch, [[(PURCHASES, 8), (PURCHASES, 9)]])
+    await consumer.seek(PURCHASES, 5)
+    await consumer._drain_messages(fetches.fetcher)
+    assert delivered == [(PURCHASES, 8), (PURCHASES, 9)]
+    assert consumer.landed == {PURCHASES: (5, 8)}
+
+
+async def test_fausts_own_seek_or_a_revocation_cancels_a_pending_seek(
+    consumer: InlineConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After Faust seeks to the committed offsets, or the partition goes, what is
+    fetched is no longer measured against the agent's seek."""
+
+    async def committed(self: Any) -> dict[TP, int]:
+        return {}
+
+    monkeypatch.setattr(aiokafka_driver.Consumer, "seek_to_committed", committed)
+    monkeypatch.setattr(consumer, "assignment", lambda: {PURCHASES})
+    fetches, delivered = _drive(consumer, monkeypatch, [[(PURCHASES, 9)]])
+    await consumer.seek(PURCHASES, 5)
+    await consumer.seek(SIGNUPS, 2)
+    await consumer.seek_to_committed()
+    assert set(consumer._sought) == {SIGNUPS}
+    await consumer._drain_messages(fetches.fetcher)
+    assert delivered == [(PURCHASES, 9)] and consumer.landed == {}
