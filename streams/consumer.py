@@ -1,7 +1,7 @@
-"""Faust's Kafka consumer with three changes: each message is handed to the streams
+"""Faust's Kafka consumer with four changes: each message is handed to the streams
 inline when nothing has to wait; a seek takes effect for what the fetch loop still
-holds; and a seek before the start of a log goes to its start instead of crashing
-the worker.
+holds; a seek before the start of a log goes to its start instead of crashing the
+worker; and a commit the broker refused is not taken as done.
 
 Faust's fetch loop hands every message over through ``Service.wait_first(callback,
 suspend_flow.wait())``: four asyncio tasks (the hand-off, the flow event, the
@@ -91,6 +91,26 @@ class InlineConsumer(aiokafka_driver.Consumer):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         self._forget(self.assignment())  # Faust's own seek supersedes the agent's
         return await super().seek_to_committed()
+
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        """Faust's commit, except that a commit the broker refused is not taken as done.
+
+        Faust records the offsets as committed whether or not the commit went
+        through (a commit refused because the group was rebalancing returns False).
+        Believing a partition committed to its end, nothing committed it again when
+        no newer input came: a SIGKILL chaos run ended with one partition's whole
+        log (68 cancellations) uncommitted and the group's lag stuck for 600 s. A
+        refused commit now leaves the partition with no committed offset known, so
+        the agent's settle timer commits it again (``CustomerBatch.settled``), and
+        Faust's next commit is not held back by the offsets it had acknowledged.
+        """
+        did_commit = await super()._commit_offsets(offsets, start_new_transaction)
+        if not did_commit:
+            for tp in offsets:
+                self._committed_offset.pop(tp, None)
+        return bool(did_commit)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self._forget(revoked)

@@ -236,3 +236,25 @@ async def test_fausts_own_seek_or_a_revocation_cancels_a_pending_seek(
     assert set(consumer._sought) == {SIGNUPS}
     await consumer._drain_messages(fetches.fetcher)
     assert delivered == [(PURCHASES, 9)] and consumer.landed == {}
+
+
+@pytest.mark.parametrize("accepted", [True, False])
+async def test_a_commit_the_broker_refused_is_not_taken_as_done(
+    consumer: InlineConsumer, monkeypatch: pytest.MonkeyPatch, accepted: bool
+) -> None:
+    """Faust recorded refused commits as done; with no newer input, nothing committed
+    the partition again (a SIGKILL chaos run: lag stuck at 68 for 600 s)."""
+    cancellations = TP("customer.cancellations", 3)
+
+    async def flush() -> None:
+        pass
+
+    async def commit(offsets: Any) -> bool:
+        return accepted  # False: "the group has already rebalanced"
+
+    monkeypatch.setattr(consumer, "assignment", lambda: {cancellations})
+    monkeypatch.setattr(consumer.app.producer, "flush", flush)
+    monkeypatch.setattr(consumer, "_commit", commit)
+    consumer._committed_offset[cancellations] = 40
+    assert await consumer._commit_offsets({cancellations: 68}) is accepted
+    assert consumer._committed_offset.get(cancellations) == (68 if accepted else None)
