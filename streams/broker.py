@@ -224,16 +224,18 @@ class EmbeddedBroker:
         """Return once the port is free again. The watchdog shell can exit before Tansu
         has closed its listener, so a ``start()`` right after ``stop()`` found the port
         still taken (seen once in CI); what is left of the group is killed at the end."""
-        deadline = time.monotonic() + timeout
+        if not self._port_freed_within(timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            self._port_freed_within(5)
+
+    def _port_freed_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
         while _port_taken(self.host, self.port):
             if time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(group, signal.SIGKILL)
-                deadline = time.monotonic() + 5
-                while _port_taken(self.host, self.port) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                return
+                return False
             time.sleep(0.05)
+        return True
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
