@@ -139,7 +139,7 @@ class InlineConsumer(aiokafka_driver.Consumer):
         self.landed[tp] = (offset, message.offset)
         return False
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - the loop
+    async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's fetch loop (``faust.transport.consumer.Consumer._drain_messages``,
         faust-streaming 0.15) with one change: records of a partition fetched before
         a seek on it are not handed over, do not move its read offset and do not
