@@ -21,6 +21,8 @@ same input makes the same transitions at the same times, hence the same
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Callable
 from hashlib import blake2b
 from typing import Final, Literal
 
@@ -38,7 +40,6 @@ from retention.risk import (
     assess,
     complete,
     quick_assess,
-    raw_tier,
     tier_with_hysteresis,
 )
 from retention.state import CustomerState, RiskMark
@@ -94,6 +95,8 @@ class Lifecycle:
         self.window = window
         self.cooldown = round(config.cooldown_days * DAY)
         self.alert_rank = RANK[config.alert_tier]
+        self.cuts = config.tiers.cuts()
+        self.lowered = tuple(cut - config.tiers.hysteresis for cut in self.cuts)
 
     def assess(self, state: CustomerState, now: Micros) -> Assessment | None:
         return assess(state, now, self.config, self.model, self.window)
@@ -169,22 +172,42 @@ class Lifecycle:
         """
         if probe is None:
             probe = Probe(state, self.config, self.model, self.window)
-        quick = probe(moment)
-        if quick is None:
-            return False
-        value, churned, explained = quick
-        if churned:
-            return mark.status != "churned"
-        if mark.status == "churned":
-            return False
-        if RANK[raw_tier(value, self.config)] > RANK[mark.tier]:
-            return True
-        return (
-            explained
-            and mark.status not in OPEN
-            and RANK[tier_with_hysteresis(value, mark.tier, self.config)] >= self.alert_rank
-            and (mark.quiet_until is None or mark.quiet_until <= moment)
-        )
+        return self._changes(mark, probe)(moment)
+
+    def _changes(self, mark: RiskMark, probe: Probe) -> Callable[[Micros], bool]:
+        """``changes_by`` for one mark at many instants, what depends on the mark
+        worked out once (the due search asks about eight instants per assessment).
+
+        Below the tier the mark holds, the tier with hysteresis is the lower of that
+        tier and the count of cuts less the hysteresis reached (``tier_with_hysteresis``).
+        """
+        cuts = self.cuts
+        lowered = self.lowered
+        rank = RANK[mark.tier]
+        alert_rank = self.alert_rank
+        was_churned = mark.status == "churned"
+        may_fire = mark.status not in OPEN and rank >= alert_rank
+        quiet = mark.quiet_until
+
+        def changes(moment: Micros) -> bool:
+            quick = probe(moment)
+            if quick is None:
+                return False
+            value, churned, explained = quick
+            if churned:
+                return not was_churned
+            if was_churned:
+                return False
+            if bisect_right(cuts, value) > rank:
+                return True
+            return (
+                explained
+                and may_fire
+                and bisect_right(lowered, value) >= alert_rank
+                and (quiet is None or quiet <= moment)
+            )
+
+        return changes
 
     def _due(
         self, state: CustomerState, mark: RiskMark, interval: float | None = UNKNOWN
@@ -215,23 +238,29 @@ class Lifecycle:
         the exact instants of a lapse or a cooldown end, else bisection on whole
         days after the last assessment."""
         start = mark.at
-        probe = Probe(state, self.config, self.model, self.window, interval)
-        if until <= start or not self.changes_by(state, mark, until, probe):
+        if until <= start:
             return None
-        candidates = []
+        changes = self._changes(mark, Probe(state, self.config, self.model, self.window, interval))
         lapse = state.lapse_at(self.window)
         if lapse is not None and start < lapse <= until:
-            candidates.append(lapse)
+            # From the lapse on the customer has churned whatever the instant, so
+            # ``until`` is answered as the lapse is: one probe fewer.
+            at_lapse = changes(lapse)
+            if not at_lapse:
+                return None
+        else:
+            lapse = None
+            if not changes(until):
+                return None
+        candidates = [] if lapse is None else [lapse]
         if mark.quiet_until is not None and start < mark.quiet_until <= until:
             candidates.append(mark.quiet_until)
         # The earliest candidate at which something changes bounds the search.
-        high = next(
-            (c for c in sorted(candidates) if self.changes_by(state, mark, c, probe)), until
-        )
+        high = next((c for c in sorted(candidates) if c == lapse or changes(c)), until)
         lo, hi = 0, (high - start) // DAY
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.changes_by(state, mark, start + (mid + 1) * DAY, probe):
+            if changes(start + (mid + 1) * DAY):
                 hi = mid
             else:
                 lo = mid + 1

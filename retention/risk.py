@@ -509,25 +509,31 @@ class Probe:
         self.t_x = float(days[-1].day - days[0].day) if days else 0.0
         self.first_day = days[0].day if days else None
         self.recent = round(config.recent_days * DAY)
-        self.weights = {}
-        for key, weights in (("plain", config.plain), ("with_model", config.with_model)):
+        self.recent_days = config.recent_days
+        self.horizon_days = config.horizon_days
+        self.thresholds = th
+        self.lapse = None if self.last is None or window is None else self.last + window
+        terms = []
+        for weights in (config.plain, config.with_model):
             w = _vector(weights)
-            self.weights[key] = (
-                weights.intercept,
-                w,
-                w[1] * math.log1p(self.x),
-                w[2] * math.log1p(state.spend / MONEY_UNIT),
-                w[7] * float(nps is not None and nps <= th.detractor_nps),
-                w[8] * float(csat is not None and csat <= th.low_csat),
+            terms.append(
+                (
+                    weights.intercept,
+                    w,
+                    w[1] * math.log1p(self.x),
+                    w[2] * math.log1p(state.spend / MONEY_UNIT),
+                    w[7] * float(nps is not None and nps <= th.detractor_nps),
+                    w[8] * float(csat is not None and csat <= th.low_csat),
+                )
             )
+        # Terms of the score that do not depend on the instant, per weight set.
+        self.plain, self.with_model = terms
 
     def __call__(self, now: Micros) -> tuple[float, bool, bool] | None:
         last = self.last
         if last is None:
             return None
-        config = self.config
-        th = config.thresholds
-        window = self.window
+        recent_days = self.recent_days
         recency = max(0.0, (now - last) / DAY)
         recent_from = now - self.recent
         frequency_ratio = spend_ratio = None
@@ -536,8 +542,8 @@ class Probe:
             split = bisect.bisect_left(numbers, -(-recent_from // DAY))
             n_base, n_recent = split, len(numbers) - split
             span = (recent_from - numbers[0] * DAY) / DAY
-            if n_recent and n_base >= 2 and span >= config.recent_days:
-                frequency_ratio = n_recent / (n_base / span * config.recent_days)
+            if n_recent and n_base >= 2 and span >= recent_days:
+                frequency_ratio = n_recent / (n_base / span * recent_days)
             if n_base and n_recent:
                 prefix = self.spend_prefix
                 base_mean = prefix[split] / n_base
@@ -551,17 +557,16 @@ class Probe:
                 experiences += 1
                 bad_support += bad
         alive = expected = None
-        if self.first_day is not None and self.model is not None:
+        model = self.model
+        if self.first_day is not None and model is not None:
             age = (now - self.first_day * DAY) / DAY
-            alive = p_alive(self.model.bgnbd, self.x, self.t_x, age)
-            expected = expected_purchases(
-                self.model.bgnbd, config.horizon_days, self.x, self.t_x, age
-            )
-        lapsed = window is not None and now >= last + window
+            alive = p_alive(model.bgnbd, self.x, self.t_x, age)
+            expected = expected_purchases(model.bgnbd, self.horizon_days, self.x, self.t_x, age)
+        lapsed = self.lapse is not None and now >= self.lapse
         churned = self.cancelled or lapsed
+        th = self.thresholds
         explained = (
-            self.cancelled
-            or lapsed
+            churned
             or recency / self.rhythm >= th.overdue_ratio
             or (frequency_ratio is not None and frequency_ratio <= th.frequency_ratio)
             or (spend_ratio is not None and spend_ratio <= th.spend_ratio)
@@ -573,9 +578,9 @@ class Probe:
         )
         if self.cancelled:
             return 1.0, churned, explained
-        intercept, w, frequency, spend, detractor, low_csat = self.weights[
-            "with_model" if expected is not None else "plain"
-        ]
+        intercept, w, frequency, spend, detractor, low_csat = (
+            self.plain if expected is None else self.with_model
+        )
         z = intercept
         z += w[0] * math.log1p(recency)
         z += frequency
