@@ -29,7 +29,7 @@ from typing import Any, Final
 import msgspec
 
 from retention.calendar import Calendar, month_of_day
-from retention.state import CustomerState, day_of
+from retention.state import CustomerState, PurchaseDay, day_of
 from retention.timeutil import DAY, Micros
 
 NEVER: Final = -1  # lapse-histogram key of customers who never lapse (no activity window)
@@ -189,12 +189,24 @@ def lapse_key(state: CustomerState | None, window: Micros | None, calendar: Cale
 
 
 def cohort_cells(state: CustomerState | None, calendar: Calendar) -> set[tuple[int, int]]:
-    if state is None or state.acquired_at is None or not state.days:
+    if state is None:
         return set()
-    acquired = calendar.month_index(state.acquired_at)
+    return _cells(acquired_month(state, calendar), state.days)
+
+
+def acquired_month(state: CustomerState | None, calendar: Calendar) -> int | None:
+    """The month of the customer's cohort; None until they have a purchase day."""
+    if state is None or state.acquired_at is None or not state.days:
+        return None
+    return calendar.month_index(state.acquired_at)
+
+
+def _cells(acquired: int | None, days: Sequence[PurchaseDay]) -> set[tuple[int, int]]:
+    if acquired is None:
+        return set()
     # A day's purchases share its month: the day number is enough (no division).
     month = month_of_day
-    return {(acquired, month(day.day) - acquired) for day in state.days}
+    return {(acquired, month(day.day) - acquired) for day in days}
 
 
 def subscription_status(state: CustomerState | None) -> str | None:
@@ -220,8 +232,12 @@ class Snapshot(msgspec.Struct):
     lapse_day: int | None
     status: str | None
     fee: int
-    #: None: the event cannot move the customer's cohort cells (see ``snapshot``).
-    cells: set[tuple[int, int]] | None
+    #: False: the event cannot move the customer's cohort cells (see ``snapshot``).
+    cells: bool
+    #: What the cells are made of, less the days' months: an event adds at most
+    #: one purchase day, so the cells before it follow from those after it.
+    acquired: int | None
+    day_count: int
 
 
 class PeriodEngine:
@@ -277,8 +293,8 @@ class PeriodEngine:
         self, book: PeriodBook, state: CustomerState | None, cells: bool = True
     ) -> Snapshot:
         """``cells=False`` for an event that adds no purchase day and cannot move the
-        acquisition time (feedback, a cancellation): its cohort cells, a pass over
-        every purchase day, are then neither taken nor compared."""
+        acquisition time (feedback, a cancellation): its cohort cells are then left
+        alone."""
         window = self.window
         return Snapshot(
             shares=contributions(state, [(p.start, p.end) for p in book.open], window),
@@ -286,7 +302,9 @@ class PeriodEngine:
             lapse_day=lapse_day(state, window),
             status=subscription_status(state),
             fee=0 if state is None or not state.subscribed else state.monthly_fee,
-            cells=cohort_cells(state, self.calendar) if cells else None,
+            cells=cells,
+            acquired=acquired_month(state, self.calendar),
+            day_count=0 if state is None else len(state.days),
         )
 
     def update(self, book: PeriodBook, before: Snapshot, state: CustomerState, at: Micros) -> None:
@@ -307,18 +325,47 @@ class PeriodEngine:
         _move(book.lapse_days, before.lapse_day, lapse_day(state, window))
         _move(book.statuses, before.status, subscription_status(state))
         book.mrr += (state.monthly_fee if state.subscribed else 0) - before.fee
-        if before.cells is not None:
-            cells = cohort_cells(state, self.calendar)
-            for acquired, offset in before.cells - cells:
-                row = book.cohorts[acquired]
-                row[offset] -= 1
-                if not row[offset]:
-                    del row[offset]
-            for acquired, offset in cells - before.cells:
-                row = book.cohorts.setdefault(acquired, {})
-                row[offset] = row.get(offset, 0) + 1
+        if before.cells:
+            self._move_cells(book, before, state, at)
         if book.first_event_at is None or at < book.first_event_at:
             book.first_event_at = at
+
+    def _move_cells(
+        self, book: PeriodBook, before: Snapshot, state: CustomerState, at: Micros
+    ) -> None:
+        """Move the customer's cohort cells by what one event changed: at most one
+        new purchase day (the event's), and perhaps the acquisition month.
+
+        Without a pass over every purchase day in the common case: with the same
+        acquisition month, a new day adds a cell unless another day of its month
+        (a neighbour, days being sorted) has it already.
+        """
+        acquired = acquired_month(state, self.calendar)
+        days = state.days
+        index = None
+        if len(days) > before.day_count:
+            index = bisect.bisect_left(days, at // DAY, key=day_of)
+        if acquired == before.acquired:
+            if index is None or acquired is None:
+                return
+            month = month_of_day(days[index].day)
+            if (index and month_of_day(days[index - 1].day) == month) or (
+                index + 1 < len(days) and month_of_day(days[index + 1].day) == month
+            ):
+                return
+            row = book.cohorts.setdefault(acquired, {})
+            row[month - acquired] = row.get(month - acquired, 0) + 1
+            return
+        old = _cells(before.acquired, days if index is None else days[:index] + days[index + 1 :])
+        new = _cells(acquired, days)
+        for cohort, offset in old - new:
+            row = book.cohorts[cohort]
+            row[offset] -= 1
+            if not row[offset]:
+                del row[offset]
+        for cohort, offset in new - old:
+            row = book.cohorts.setdefault(cohort, {})
+            row[offset] = row.get(offset, 0) + 1
 
     def feedback(
         self, book: PeriodBook, at: Micros, kind: str, score: int | None, watermark: Micros
