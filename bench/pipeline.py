@@ -9,14 +9,17 @@ input, so the ratios mean something on whatever machine runs it:
    event on Faust's producer defaults (``bench/floor.py``, ``BENCH_AGENT=naive``);
 4. churnwatch: the full worker (validation, alignment, state, periods, risk,
    alerts, metrics), one worker process and then two;
-5. end-to-end latency at a fixed sub-saturation rate, from the record's Kafka
+5. the floor and one churnwatch worker again on CDNOW (69,659 real purchases of
+   23,570 customers, from the ``lifetimes`` wheel), against a fresh broker: long
+   real histories instead of generated ones;
+6. end-to-end latency at a fixed sub-saturation rate, from the record's Kafka
    timestamp to its state written (the worker's latency histogram), p50 and p99.
 
 Rates are events per second from the first event processed to the last (the floor
 times itself; a worker's /metrics is polled every 250 ms), not including start-up.
 Start-up (launch to first event) is printed too. Figures are machine-dependent: compare the ratios.
 
-    python -m bench.pipeline [--customers 5000] [--days 365] [--rate 600]
+    python -m bench.pipeline [--customers 5000] [--days 365] [--rate 600] [--cdnow PATH|none]
 """
 
 from __future__ import annotations
@@ -50,6 +53,16 @@ from streams.workers import WorkerProcess, free_port, local_settings
 
 PARTITIONS = 4
 END = "2025-07-01T00:00:00Z"
+
+
+def cdnow_path() -> Path | None:
+    """CDNOW_master.txt as the ``lifetimes`` wheel ships it (a dependency)."""
+    try:
+        import lifetimes
+    except ImportError:
+        return None
+    path = Path(lifetimes.__file__).parent / "datasets" / "CDNOW_master.txt"
+    return path if path.exists() else None
 
 
 @dataclass
@@ -112,7 +125,9 @@ async def ceiling(bootstrap: str, total: int) -> Run:
         await consumer.stop()
 
 
-def floor(settings: Settings, workdir: Path, total: int, mode: str = "floor") -> Run:
+def floor(
+    settings: Settings, workdir: Path, total: int, mode: str = "floor", label: str = ""
+) -> Run:
     """A reference agent of ``bench/floor.py``: the do-nothing floor, or ``naive``."""
     status = workdir / f"{mode}.json"
     Path(settings.datadir).mkdir(parents=True, exist_ok=True)
@@ -144,7 +159,7 @@ def floor(settings: Settings, workdir: Path, total: int, mode: str = "floor") ->
             "floor": "Faust floor: do-nothing agent",
             "inline": "do-nothing agent, inline hand-off",
             "naive": "naive: a table write per event",
-        }[mode]
+        }[mode] + label
         return run
     finally:
         process.terminate()
@@ -152,7 +167,7 @@ def floor(settings: Settings, workdir: Path, total: int, mode: str = "floor") ->
         log.close()
 
 
-def churnwatch(settings: Settings, workdir: Path, total: int, workers: int) -> Run:
+def churnwatch(settings: Settings, workdir: Path, total: int, workers: int, label: str = "") -> Run:
     procs = [
         WorkerProcess(
             settings.replace(web_port=free_port(), datadir=str(workdir / f"w{n}")),
@@ -177,7 +192,7 @@ def churnwatch(settings: Settings, workdir: Path, total: int, workers: int) -> R
         # Not faster: rendering /metrics costs the worker ~1 ms of its event loop, and at
         # 20 polls a second that alone took ~6% of its time (py-spy).
         run = wait_counts(count, total, launched, timeout=900, every=0.25)
-        run.name = f"churnwatch: full worker x{workers}"
+        run.name = f"churnwatch: full worker x{workers}{label}"
         run.rss = sum(proc.metric("process_resident_memory_bytes") for proc in procs)
         run.customers = int(sum(proc.metric("churnwatch_customers") for proc in procs))
         return run
@@ -236,6 +251,25 @@ def latency(records: list[Record], rate: float, seconds: float, workdir: Path) -
             proc.stop()
 
 
+def measure_cdnow(path: Path, workdir: Path) -> list[Run]:
+    """The floor and one churnwatch worker on CDNOW, against a broker of their own."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    records = sorted(read_events(path, "cdnow"), key=lambda r: r.occurred_at or 0)
+    print(f"CDNOW: {len(records):,} events from {path}", file=sys.stderr)
+    runs = []
+    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS)))
+        total = asyncio.run(publish(broker.bootstrap, records)).published
+        base = Settings()
+        settings = local_settings(base, broker.url, PARTITIONS, workdir / "f")
+        runs.append(floor(settings, workdir, total, label=" (CDNOW)"))
+        print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+        settings = local_settings(base, broker.url, PARTITIONS, workdir / "c1")
+        runs.append(churnwatch(settings, workdir, total, 1, label=" (CDNOW)"))
+        print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=5000)
@@ -243,6 +277,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=600.0, help="latency run, events/s")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
+    parser.add_argument(
+        "--cdnow",
+        default="",
+        help="CDNOW_master.txt for the CDNOW runs (default: the lifetimes wheel's; none: skip)",
+    )
     args = parser.parse_args()
     end = parse_time(END)
     with tempfile.TemporaryDirectory(prefix="churnwatch-bench-") as tmp:
@@ -276,6 +315,12 @@ def main() -> None:
                 settings = local_settings(base, broker.url, PARTITIONS, workdir / f"c{workers}")
                 runs.append(churnwatch(settings, workdir, total, workers))
                 print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+        cdnow_runs = []
+        cdnow = None if args.cdnow == "none" else Path(args.cdnow) if args.cdnow else cdnow_path()
+        if cdnow is not None:
+            cdnow_runs = measure_cdnow(cdnow, workdir / "cdnow")
+        elif args.cdnow != "none":
+            print("CDNOW_master.txt not found (is lifetimes installed?): CDNOW runs skipped")
         lat = latency(records, args.rate, args.latency_seconds, workdir)
     ceiling_run, floor_run, inline_run, naive_run, single, double = runs
     floor_rate = floor_run.rate
@@ -293,6 +338,15 @@ def main() -> None:
         f"customers, {lat['idle_rss'] / 2**20:.0f} MB idle: {per_customer:,.0f} B per customer"
     )
     print(f"ceiling / churnwatch x1: {ceiling_run.rate / one:.1f}x")
+    if cdnow_runs:
+        cdnow_floor = cdnow_runs[0]
+        print(f"\n{'CDNOW run':<40}{'events/s':>12}{'vs floor':>10}{'start-up s':>12}")
+        for run in cdnow_runs:
+            startup = "" if run.startup is None else f"{run.startup:.1f}"
+            print(
+                f"{run.name:<40}{run.rate:>12,.0f}{run.rate / cdnow_floor.rate:>10.2f}{startup:>12}"
+            )
+        runs.extend(cdnow_runs)
     print(
         f"end-to-end latency at {lat['rate']:.0f} events/s ({lat['events']} events): "
         f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms"
