@@ -712,7 +712,9 @@ class CustomerBatch:
             if not redelivered:
                 periods.extend(book, at)
                 before = periods.snapshot(book, state, isinstance(decoded, Purchase | Signup))
-            applied = apply(state, decoded, arrival.watermark or at, self.policy)
+            applied = apply(
+                state, decoded, arrival.watermark or at, self.policy, at=at, tie=arrival.order[1]
+            )
             touched[key] = applied.state
             if not applied.duplicate:
                 current = applied.state

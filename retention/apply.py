@@ -75,18 +75,27 @@ def new_state(customer_id: str) -> CustomerState:
 
 
 def apply(
-    state: CustomerState | None, event: Event, now: Micros, policy: Policy = DEFAULT_POLICY
+    state: CustomerState | None,
+    event: Event,
+    now: Micros,
+    policy: Policy = DEFAULT_POLICY,
+    *,
+    at: Micros | None = None,
+    tie: int | None = None,
 ) -> Applied:
     """Fold ``event`` into ``state`` (which it takes over and may modify in place).
 
     ``now`` is the partition's event-time watermark: an event older than
     ``now - policy.lateness`` is still applied but reported as late, so the
-    caller can leave closed periods alone.
+    caller can leave closed periods alone. ``at`` and ``tie``, the event's time and
+    ``id_hash``, save working them out again when the caller has them.
     """
     if state is None:
         state = new_state(event.customer_id)
-    at = to_micros(event.occurred_at)
-    tie = id_hash(event.event_id)
+    if at is None:
+        at = to_micros(event.occurred_at)
+    if tie is None:
+        tie = id_hash(event.event_id)
     seen = state.seen
     for item in seen:
         if item.id_hash == tie:

@@ -108,7 +108,6 @@ class PeriodBook(msgspec.Struct, kw_only=True):
 
 Contribution = tuple[int, ...]
 _NOTHING: Final[Contribution] = (0,) * len(HISTORY_FIELDS)
-_DAYS: Final = Calendar("day")
 
 
 def _move(counts: dict[Any, int], old: Any, new: Any) -> None:
@@ -177,15 +176,22 @@ def contributions(
     return out
 
 
-def lapse_key(state: CustomerState | None, window: Micros | None, calendar: Calendar) -> int | None:
-    """Histogram key: start of the period in which the customer stops being active."""
-    if state is None or state.last_activity_at is None:
-        return None
-    if state.last_cancel_at is not None and state.last_cancel_at >= state.last_activity_at:
-        return None
+def lapse_keys(
+    state: CustomerState | None, window: Micros | None, calendar: Calendar
+) -> tuple[int | None, int | None]:
+    """Histogram keys of the instant the customer stops being active: the start of
+    its period, and its UTC day. None when it is not active; NEVER without a window."""
+    if state is None:
+        return None, None
+    last = state.last_activity_at
+    if last is None:
+        return None, None
+    if state.last_cancel_at is not None and state.last_cancel_at >= last:
+        return None, None
     if window is None:
-        return NEVER
-    return calendar.start_of(state.last_activity_at + window)
+        return NEVER, NEVER
+    lapse = last + window
+    return calendar.start_of(lapse), lapse // DAY
 
 
 def cohort_cells(state: CustomerState | None, calendar: Calendar) -> set[tuple[int, int]]:
@@ -217,11 +223,6 @@ def subscription_status(state: CustomerState | None) -> str | None:
     if state.fee is not None and state.fee.value:
         return "cancelled"
     return "none"
-
-
-def lapse_day(state: CustomerState | None, window: Micros | None) -> int | None:
-    key = lapse_key(state, window, _DAYS)
-    return key if key is None or key == NEVER else key // DAY
 
 
 class Snapshot(msgspec.Struct):
@@ -296,10 +297,11 @@ class PeriodEngine:
         acquisition time (feedback, a cancellation): its cohort cells are then left
         alone."""
         window = self.window
+        lapse, day = lapse_keys(state, window, self.calendar)
         return Snapshot(
             shares=contributions(state, [(p.start, p.end) for p in book.open], window),
-            lapse=lapse_key(state, window, self.calendar),
-            lapse_day=lapse_day(state, window),
+            lapse=lapse,
+            lapse_day=day,
             status=subscription_status(state),
             fee=0 if state is None or not state.subscribed else state.monthly_fee,
             cells=cells,
@@ -321,8 +323,9 @@ class PeriodEngine:
                         setattr(figures, name, getattr(figures, name) + b - a)
         # A histogram key may have been pruned: lapses before every open period are
         # no longer asked about (_move skips a missing key).
-        _move(book.lapses, before.lapse, lapse_key(state, window, self.calendar))
-        _move(book.lapse_days, before.lapse_day, lapse_day(state, window))
+        lapse, day = lapse_keys(state, window, self.calendar)
+        _move(book.lapses, before.lapse, lapse)
+        _move(book.lapse_days, before.lapse_day, day)
         _move(book.statuses, before.status, subscription_status(state))
         book.mrr += (state.monthly_fee if state.subscribed else 0) - before.fee
         if before.cells:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -487,10 +488,7 @@ class Probe:
         th = config.thresholds
         days = state.days
         self.day_numbers = [d.day for d in days]
-        spends = [0]
-        for d in days:
-            spends.append(spends[-1] + d.spend)
-        self.spend_prefix = spends
+        self.spend_prefix = list(accumulate([d.spend for d in days], initial=0))
         self.x = max(len(days) - 1, 0)
         if interval == UNKNOWN:
             interval = state.typical_interval_days()
@@ -513,21 +511,26 @@ class Probe:
         self.horizon_days = config.horizon_days
         self.thresholds = th
         self.lapse = None if self.last is None or window is None else self.last + window
-        terms = []
-        for weights in (config.plain, config.with_model):
+        detractor = float(nps is not None and nps <= th.detractor_nps)
+        low_csat = float(csat is not None and csat <= th.low_csat)
+        frequency = math.log1p(self.x)
+        spend = math.log1p(state.spend / MONEY_UNIT)
+
+        def terms(weights: Weights) -> tuple[float, tuple[float, ...], float, float, float, float]:
             w = _vector(weights)
-            terms.append(
-                (
-                    weights.intercept,
-                    w,
-                    w[1] * math.log1p(self.x),
-                    w[2] * math.log1p(state.spend / MONEY_UNIT),
-                    w[7] * float(nps is not None and nps <= th.detractor_nps),
-                    w[8] * float(csat is not None and csat <= th.low_csat),
-                )
+            return (
+                weights.intercept,
+                w,
+                w[1] * frequency,
+                w[2] * spend,
+                w[7] * detractor,
+                w[8] * low_csat,
             )
-        # Terms of the score that do not depend on the instant, per weight set.
-        self.plain, self.with_model = terms
+
+        # Terms of the score that do not depend on the instant, per weight set
+        # (without a model no instant is scored with the model's weights).
+        self.plain = terms(config.plain)
+        self.with_model = self.plain if model is None else terms(config.with_model)
 
     def __call__(self, now: Micros) -> tuple[float, bool, bool] | None:
         last = self.last

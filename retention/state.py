@@ -10,6 +10,7 @@ on the order they are added in, sums of integers do not.
 from __future__ import annotations
 
 import bisect
+import operator
 from typing import Final
 
 import msgspec
@@ -211,7 +212,8 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
         """Median gap between distinct purchase days: the customer's own rhythm."""
         if len(self.days) < 2:
             return None
-        gaps = sorted(b.day - a.day for a, b in zip(self.days, self.days[1:], strict=False))
+        numbers = [d.day for d in self.days]
+        gaps = sorted(map(operator.sub, numbers[1:], numbers))
         mid = len(gaps) // 2
         return float(gaps[mid]) if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
 
