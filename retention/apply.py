@@ -9,6 +9,7 @@ order across topics.
 from __future__ import annotations
 
 import bisect
+import operator
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Final
@@ -21,6 +22,7 @@ from retention.state import (
     Negative,
     PurchaseDay,
     Seen,
+    day_of,
     earliest,
     latest,
 )
@@ -116,12 +118,17 @@ def apply(
     return Applied(state, duplicate=False, late=late)
 
 
+# Sort keys as attrgetters, which build the (time, tie) tuples in C.
+_SEEN_ORDER: Final = operator.attrgetter("at", "id_hash")
+_ORDER: Final = operator.attrgetter("at", "tie")
+
+
 def _remember(seen: list[Seen], item: Seen, capacity: int) -> None:
     # Keep, per event type, the ``capacity`` greatest (time, hash): a set independent
     # of arrival order. Per type, because a worker may read one input topic far ahead
     # of another (in a replay, days ahead): a shared bound would let a customer's
     # purchases push out the id of a feedback event whose duplicate is still coming.
-    bisect.insort(seen, item, key=lambda s: (s.at, s.id_hash))
+    bisect.insort(seen, item, key=_SEEN_ORDER)
     if not capacity:
         return
     same = [s for s in seen if s.kind == item.kind]
@@ -143,7 +150,7 @@ def _purchase(state: CustomerState, event: Purchase, at: Micros) -> None:
     state.last_purchase_at = latest(state.last_purchase_at, at)
     day = at // DAY
     days = state.days
-    index = bisect.bisect_left(days, day, key=lambda d: d.day)
+    index = bisect.bisect_left(days, day, key=day_of)
     if index < len(days) and days[index].day == day:
         days[index].count += 1
         days[index].spend += spend
@@ -153,7 +160,7 @@ def _purchase(state: CustomerState, event: Purchase, at: Micros) -> None:
 
 
 def _mark(marks: list[Mark], mark: Mark, capacity: int) -> None:
-    bisect.insort(marks, mark, key=lambda m: (m.at, m.tie))
+    bisect.insort(marks, mark, key=_ORDER)
     if len(marks) > capacity:
         del marks[0]
 
@@ -204,6 +211,6 @@ def _feedback(state: CustomerState, event: Feedback, at: Micros, tie: int, polic
             negative = "bad_support"
     if negative is not None:
         negatives = state.negatives
-        bisect.insort(negatives, Negative(at, tie, negative), key=lambda n: (n.at, n.tie))
+        bisect.insort(negatives, Negative(at, tie, negative), key=_ORDER)
         if len(negatives) > policy.negatives:
             del negatives[0]
