@@ -184,10 +184,7 @@ def test_two_workers_match_the_oracle(
     check_outcome(outcome)
 
 
-# Left out of `make test` (run by `make reliability`): 1 of 15 loop passes on
-# 2026-12-02 ended with one partition's lag never clearing (README, Reliability).
 @pytest.mark.chaos
-@pytest.mark.not_yet
 def test_sigkill_a_random_worker_three_times(
     history: Path, reference: list[dict[str, Any]], tmp_path: Path, outcomes: list[Outcome]
 ) -> None:
