@@ -96,7 +96,7 @@ class Lifecycle:
         self.cooldown = round(config.cooldown_days * DAY)
         self.alert_rank = RANK[config.alert_tier]
         self.cuts = config.tiers.cuts()
-        self.lowered = tuple(cut - config.tiers.hysteresis for cut in self.cuts)
+        self.lowered = config.tiers.lowered()
 
     def assess(self, state: CustomerState, now: Micros) -> Assessment | None:
         return assess(state, now, self.config, self.model, self.window)
@@ -242,17 +242,13 @@ class Lifecycle:
             return None
         changes = self._changes(mark, Probe(state, self.config, self.model, self.window, interval))
         lapse = state.lapse_at(self.window)
+        candidates = []
         if lapse is not None and start < lapse <= until:
-            # From the lapse on the customer has churned whatever the instant, so
-            # ``until`` is answered as the lapse is: one probe fewer.
-            at_lapse = changes(lapse)
-            if not at_lapse:
-                return None
-        else:
-            lapse = None
-            if not changes(until):
-                return None
-        candidates = [] if lapse is None else [lapse]
+            candidates.append(lapse)
+        # From the lapse on the customer has churned whatever the instant, so
+        # ``until`` is answered as the lapse is, and the lapse needs no probe again.
+        if not changes(candidates[0] if candidates else until):
+            return None
         if mark.quiet_until is not None and start < mark.quiet_until <= until:
             candidates.append(mark.quiet_until)
         # The earliest candidate at which something changes bounds the search.

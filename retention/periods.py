@@ -194,12 +194,6 @@ def lapse_keys(
     return calendar.start_of(lapse), lapse // DAY
 
 
-def cohort_cells(state: CustomerState | None, calendar: Calendar) -> set[tuple[int, int]]:
-    if state is None:
-        return set()
-    return _cells(acquired_month(state, calendar), state.days)
-
-
 def acquired_month(state: CustomerState | None, calendar: Calendar) -> int | None:
     """The month of the customer's cohort; None until they have a purchase day."""
     if state is None or state.acquired_at is None or not state.days:

@@ -98,6 +98,10 @@ class TierCuts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def cuts(self) -> tuple[float, float, float]:
         return (self.medium, self.high, self.critical)
 
+    def lowered(self) -> tuple[float, ...]:
+        """The cuts less the hysteresis: where a tier is left (ascending, like the cuts)."""
+        return tuple(cut - self.hysteresis for cut in self.cuts())
+
 
 class RiskConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     horizon_days: float = 90.0
@@ -353,8 +357,7 @@ def tier_with_hysteresis(value: float, previous: str, config: RiskConfig) -> Tie
     up = raw_tier(value, config)
     if RANK[up] >= RANK[previous]:
         return up
-    h = config.tiers.hysteresis
-    down = TIERS[sum(value >= cut - h for cut in config.tiers.cuts())]
+    down = TIERS[bisect.bisect_right(config.tiers.lowered(), value)]
     return down if RANK[down] < RANK[previous] else TIERS[RANK[previous]]
 
 
@@ -481,9 +484,7 @@ class Probe:
         window: Micros | None,
         interval: float | None = UNKNOWN,
     ) -> None:
-        self.config = config
         self.model = model
-        self.window = window
         self.last = state.last_activity_at
         th = config.thresholds
         days = state.days
