@@ -270,6 +270,13 @@ def measure_cdnow(path: Path, workdir: Path) -> list[Run]:
     return runs
 
 
+def print_runs(title: str, runs: list[Run], floor_rate: float) -> None:
+    print(f"\n{title:<40}{'events/s':>12}{'vs floor':>10}{'start-up s':>12}")
+    for run in runs:
+        startup = "" if run.startup is None else f"{run.startup:.1f}"
+        print(f"{run.name:<40}{run.rate:>12,.0f}{run.rate / floor_rate:>10.2f}{startup:>12}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=5000)
@@ -325,10 +332,7 @@ def main() -> None:
     ceiling_run, floor_run, inline_run, naive_run, single, double = runs
     floor_rate = floor_run.rate
     one = single.rate
-    print(f"\n{'run':<40}{'events/s':>12}{'vs floor':>10}{'start-up s':>12}")
-    for run in runs:
-        startup = "" if run.startup is None else f"{run.startup:.1f}"
-        print(f"{run.name:<40}{run.rate:>12,.0f}{run.rate / floor_rate:>10.2f}{startup:>12}")
+    print_runs("run", runs, floor_rate)
     print(f"\n2 workers / 1 worker: {double.rate / one:.2f}x")
     print(f"churnwatch x1 / naive table write per event: {one / naive_run.rate:.2f}x")
     print(f"churnwatch x1 / do-nothing agent on the same consumer: {one / inline_run.rate:.2f}")
@@ -339,13 +343,7 @@ def main() -> None:
     )
     print(f"ceiling / churnwatch x1: {ceiling_run.rate / one:.1f}x")
     if cdnow_runs:
-        cdnow_floor = cdnow_runs[0]
-        print(f"\n{'CDNOW run':<40}{'events/s':>12}{'vs floor':>10}{'start-up s':>12}")
-        for run in cdnow_runs:
-            startup = "" if run.startup is None else f"{run.startup:.1f}"
-            print(
-                f"{run.name:<40}{run.rate:>12,.0f}{run.rate / cdnow_floor.rate:>10.2f}{startup:>12}"
-            )
+        print_runs("CDNOW run", cdnow_runs, cdnow_runs[0].rate)
         runs.extend(cdnow_runs)
     print(
         f"end-to-end latency at {lat['rate']:.0f} events/s ({lat['events']} events): "
