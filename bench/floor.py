@@ -8,6 +8,11 @@
 - ``BENCH_AGENT=inline``: the same do-nothing agent on churnwatch's consumer
   (``streams/consumer.py``), which hands messages over without Faust's per-message
   tasks: what that part of Faust's machinery costs.
+- ``BENCH_AGENT=writes``: the inline do-nothing agent plus churnwatch's table writes
+  and nothing else: per batch, one write per touched customer, of a state-sized value
+  (``BENCH_STATE_BYTES``, default 1,200 B, the size of a generated customer's state),
+  to a table configured as churnwatch's, in the stream's context, with the worker's
+  producer buffer. What churnwatch's recoverable state costs before any domain work.
 - ``BENCH_AGENT=naive``: the obvious Faust program, one event at a time and one
   table write per event (the event stored under its customer key), on Faust's
   producer defaults (the worker's consumer and start-up settings otherwise): what
@@ -16,7 +21,11 @@
 Progress goes to the JSON file named by ``BENCH_STATUS`` (count, first and last
 event times), written a few times a second by a timer, never per event.
 
-    BENCH_STATUS=/tmp/floor.json python -m bench.floor worker -l warn --without-web
+It runs as the worker does (``streams/worker.py``): no terminal spinner, whose log
+handler would set the root logger to DEBUG and build log records for every event,
+and the tuning applied once the worker has started.
+
+    BENCH_STATUS=/tmp/floor.json python -m bench.floor
 """
 
 from __future__ import annotations
@@ -30,22 +39,25 @@ from typing import Any, cast
 import faust
 from faust.streams import Stream
 
+from agents.customers import handling
 from streams import topics
-from streams.app import QUIET_LOGGERS, faust_config
+from streams.app import QUIET_LOGGERS, faust_config, producer_buffer_size
 from streams.consumer import InlineTransport
 from streams.settings import Settings
 
 settings = Settings.from_env()
 MODE = os.environ.get("BENCH_AGENT", "floor")
-if MODE not in ("floor", "inline", "naive"):
-    raise SystemExit(f"BENCH_AGENT must be floor, inline or naive, not {MODE!r}")
+MODES = ("floor", "inline", "writes", "naive")
+if MODE not in MODES:
+    raise SystemExit(f"BENCH_AGENT must be one of {', '.join(MODES)}, not {MODE!r}")
 config = faust_config(settings)
 if MODE == "naive":
     # Faust's own producer defaults (no linger, 16 KB batches), as a first program has.
     for name in ("producer_linger", "producer_max_batch_size", "producer_max_request_size"):
         del config[name]
+config["web_enabled"] = False
 app = faust.App(f"{settings.app_id}-{MODE}", **config)
-if MODE == "inline":
+if MODE in ("inline", "writes"):
     app.transport = InlineTransport(app.conf.broker_consumer, app)
 raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
 inputs = app.topic(*topics.INPUT_TOPICS, key_serializer="raw", value_serializer="raw", **raw)
@@ -70,6 +82,35 @@ if MODE in ("floor", "inline"):
         async for events in batches:
             _counted(len(events))
 
+elif MODE == "writes":
+    state = b"s" * int(os.environ.get("BENCH_STATE_BYTES", "1200"))
+    states = app.Table(
+        "writes-states",
+        partitions=settings.partitions,
+        extra_topic_configs={"cleanup.policy": "compact"},
+        **raw,
+    )
+    # As the worker's table: the values are already bytes (streams/app.py).
+    cast(Any, states).key_serializer = cast(Any, states).value_serializer = "raw"
+
+    @app.agent(inputs, name="writes", concurrency=1)
+    async def writes(stream: Any) -> None:
+        batches = cast(Stream[bytes], stream).take_events(
+            settings.batch_max, within=settings.batch_within
+        )
+        async for events in batches:
+            by_partition: dict[int, dict[bytes, Any]] = {}
+            for event in events:
+                key = event.message.key
+                if key is not None:
+                    by_partition.setdefault(event.message.partition, {})[key] = event
+            for touched in by_partition.values():
+                # One partition's events share a changelog partition, as in the worker.
+                with handling(next(iter(touched.values()))):
+                    for key in touched:
+                        states[key] = state
+            _counted(len(events))
+
 else:
     latest = app.Table("naive-latest", partitions=settings.partitions, **raw)
 
@@ -86,14 +127,18 @@ def _write(path: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-async def _after_start() -> None:
-    # As the worker does (streams/app.py): below WARNING, Faust and aiokafka build
-    # several log records per event, which would make the floor slower than it is.
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+class FloorWorker(faust.Worker):
+    """As ``streams.worker.ChurnwatchWorker``: tuned once started (Faust's worker takes
+    over the app's ``on_startup_finished``, so it cannot be set on the app)."""
 
-
-app.on_startup_finished = _after_start
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        # Below WARNING, Faust and aiokafka build several log records per event, which
+        # would make the floor slower than it is.
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        if MODE == "writes":
+            app.producer.buffer.max_messages = producer_buffer_size(settings)
 
 
 @app.timer(0.1)
@@ -104,4 +149,6 @@ async def write_status() -> None:
 
 
 if __name__ == "__main__":
-    app.main()
+    worker = FloorWorker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker.spinner = None
+    worker.execute_from_commandline()

@@ -5,19 +5,26 @@ input, so the ratios mean something on whatever machine runs it:
    input topics;
 2. Faust floor: a do-nothing Faust agent (``bench/floor.py``: the worker's Faust
    settings and ``take_events`` batching, a body that only counts);
-3. naive: the obvious Faust program, one event at a time and a table write per
+3. writes: the do-nothing agent on churnwatch's consumer (``streams/consumer.py``),
+   once alone and once making churnwatch's table writes and nothing else (one write
+   per touched customer per batch, of a state-sized value; ``BENCH_AGENT=writes``):
+   what the recoverable state costs before any of churnwatch's own work;
+4. naive: the obvious Faust program, one event at a time and a table write per
    event on Faust's producer defaults (``bench/floor.py``, ``BENCH_AGENT=naive``);
-4. churnwatch: the full worker (validation, alignment, state, periods, risk,
+5. churnwatch: the full worker (validation, alignment, state, periods, risk,
    alerts, metrics), one worker process and then two;
-5. the floor and one churnwatch worker again on CDNOW (69,659 real purchases of
+6. the floor and one churnwatch worker again on CDNOW (69,659 real purchases of
    23,570 customers, from the ``lifetimes`` wheel), against a fresh broker: long
    real histories instead of generated ones;
-6. end-to-end latency at a fixed sub-saturation rate, from the record's Kafka
+7. end-to-end latency at a fixed sub-saturation rate, from the record's Kafka
    timestamp to its state written (the worker's latency histogram), p50 and p99.
 
-Rates are events per second from the first event processed to the last (the floor
-times itself; a worker's /metrics is polled every 250 ms), not including start-up.
-Start-up (launch to first event) is printed too. Figures are machine-dependent: compare the ratios.
+Rates are events per second from the first event processed to the last, not including
+start-up (launch to first event, printed too). The reference agents time themselves; a
+worker's /metrics is polled every 100 ms until its first event and near its last, and
+every second in between: rendering it takes milliseconds of the worker's event loop,
+and polled every 250 ms throughout it took ~4 % of the worker's time (py-spy). Figures are
+machine-dependent: compare the ratios.
 
     python -m bench.pipeline [--customers 5000] [--days 365] [--rate 600] [--cdnow PATH|none]
 """
@@ -33,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,10 +87,16 @@ class Run:
 
 
 def wait_counts(
-    count: Callable[[], int], total: int, launched: float, timeout: float, every: float = 0.05
+    count: Callable[[], int],
+    total: int,
+    launched: float,
+    timeout: float,
+    every: float = 0.05,
+    busy_every: float | None = None,
 ) -> Run:
     """Poll ``count`` every ``every`` seconds until it reaches ``total``; time first and
-    last event (to within ``every``)."""
+    last event (to within ``every``). With ``busy_every``, poll that seldom while the
+    count is rising and its end, at the rate so far, is more than two such polls away."""
     deadline = time.monotonic() + timeout
     first: float | None = None
     while True:
@@ -96,7 +109,12 @@ def wait_counts(
             return Run("", total, max(now - first, 1e-3), first - launched)
         if now > deadline:
             raise TimeoutError(f"{n} of {total} events after {timeout:.0f}s")
-        time.sleep(every)
+        pause = every
+        if busy_every is not None and first is not None and n and now > first:
+            left = (total - n) * (now - first) / n
+            if left > 2 * busy_every:
+                pause = busy_every
+        time.sleep(pause)
 
 
 async def ceiling(bootstrap: str, total: int) -> Run:
@@ -135,7 +153,7 @@ def floor(
     log = (workdir / f"{mode}.log").open("ab")
     launched = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.floor", "worker", "-l", "warn", "--without-web"],
+        [sys.executable, "-m", "bench.floor"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -158,6 +176,7 @@ def floor(
         run.name = {
             "floor": "Faust floor: do-nothing agent",
             "inline": "do-nothing agent, inline hand-off",
+            "writes": "inline agent + churnwatch's table writes",
             "naive": "naive: a table write per event",
         }[mode] + label
         return run
@@ -189,9 +208,7 @@ def churnwatch(settings: Settings, workdir: Path, total: int, workers: int, labe
         return n
 
     try:
-        # Not faster: rendering /metrics costs the worker ~1 ms of its event loop, and at
-        # 20 polls a second that alone took ~6% of its time (py-spy).
-        run = wait_counts(count, total, launched, timeout=900, every=0.25)
+        run = wait_counts(count, total, launched, timeout=900, every=0.1, busy_every=1.0)
         run.name = f"churnwatch: full worker x{workers}{label}"
         run.rss = sum(proc.metric("process_resident_memory_bytes") for proc in procs)
         run.customers = int(sum(proc.metric("churnwatch_customers") for proc in procs))
@@ -251,22 +268,32 @@ def latency(records: list[Record], rate: float, seconds: float, workdir: Path) -
             proc.stop()
 
 
-def measure_cdnow(path: Path, workdir: Path) -> list[Run]:
-    """The floor and one churnwatch worker on CDNOW, against a broker of their own."""
+@contextlib.contextmanager
+def loaded_broker(workdir: Path, records: list[Record]) -> Iterator[tuple[EmbeddedBroker, int]]:
+    """An embedded broker with the topics created and ``records`` published; the count
+    published."""
     workdir.mkdir(parents=True, exist_ok=True)
-    records = sorted(read_events(path, "cdnow"), key=lambda r: r.occurred_at or 0)
-    print(f"CDNOW: {len(records):,} events from {path}", file=sys.stderr)
-    runs = []
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS)))
-        total = asyncio.run(publish(broker.bootstrap, records)).published
+        yield broker, asyncio.run(publish(broker.bootstrap, records)).published
+
+
+def noted(runs: list[Run], run: Run) -> None:
+    runs.append(run)
+    print(f"  {run.name}: {run.rate:,.0f}/s", file=sys.stderr)
+
+
+def measure_cdnow(path: Path, workdir: Path) -> list[Run]:
+    """The floor and one churnwatch worker on CDNOW, against a broker of their own."""
+    records = sorted(read_events(path, "cdnow"), key=lambda r: r.occurred_at or 0)
+    print(f"CDNOW: {len(records):,} events from {path}", file=sys.stderr)
+    runs: list[Run] = []
+    with loaded_broker(workdir, records) as (broker, total):
         base = Settings()
         settings = local_settings(base, broker.url, PARTITIONS, workdir / "f")
-        runs.append(floor(settings, workdir, total, label=" (CDNOW)"))
-        print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+        noted(runs, floor(settings, workdir, total, label=" (CDNOW)"))
         settings = local_settings(base, broker.url, PARTITIONS, workdir / "c1")
-        runs.append(churnwatch(settings, workdir, total, 1, label=" (CDNOW)"))
-        print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+        noted(runs, churnwatch(settings, workdir, total, 1, label=" (CDNOW)"))
     return runs
 
 
@@ -275,6 +302,25 @@ def print_runs(title: str, runs: list[Run], floor_rate: float) -> None:
     for run in runs:
         startup = "" if run.startup is None else f"{run.startup:.1f}"
         print(f"{run.name:<40}{run.rate:>12,.0f}{run.rate / floor_rate:>10.2f}{startup:>12}")
+
+
+def print_costs(floor_run: Run, inline_run: Run, writes_run: Run, single: Run) -> None:
+    """Where one worker's time per event goes, from the rates of the same run, and what
+    80 % of the floor would leave for churnwatch's own work."""
+
+    def us(run: Run) -> float:
+        return 1e6 / run.rate
+
+    budget = us(floor_run) / 0.8
+    print(
+        f"per event: Faust floor {us(floor_run):.0f} us; churnwatch's consumer "
+        f"{us(inline_run):.0f} us, its table writes {us(writes_run) - us(inline_run):.0f} us "
+        f"more, its own work {us(single) - us(writes_run):.0f} us more: {us(single):.0f} us"
+    )
+    print(
+        f"80% of the floor is {budget:.0f} us per event: after the consumer and table "
+        f"writes, {budget - us(writes_run):.0f} us for churnwatch's own work"
+    )
 
 
 def main() -> None:
@@ -301,27 +347,15 @@ def main() -> None:
         )
         print(f"input: {len(records):,} events, {args.customers:,} customers", file=sys.stderr)
         runs: list[Run] = []
-        with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
-            asyncio.run(
-                create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS))
-            )
-            total = asyncio.run(publish(broker.bootstrap, records)).published
-            runs.append(asyncio.run(ceiling(broker.bootstrap, total)))
-            print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+        with loaded_broker(workdir, records) as (broker, total):
+            noted(runs, asyncio.run(ceiling(broker.bootstrap, total)))
             base = Settings()
-            floor_settings = local_settings(base, broker.url, PARTITIONS, workdir / "f")
-            runs.append(floor(floor_settings, workdir, total))
-            print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
-            inline_settings = local_settings(base, broker.url, PARTITIONS, workdir / "i")
-            runs.append(floor(inline_settings, workdir, total, mode="inline"))
-            print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
-            naive_settings = local_settings(base, broker.url, PARTITIONS, workdir / "n")
-            runs.append(floor(naive_settings, workdir, total, mode="naive"))
-            print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+            for mode in ("floor", "inline", "writes", "naive"):
+                settings = local_settings(base, broker.url, PARTITIONS, workdir / mode)
+                noted(runs, floor(settings, workdir, total, mode=mode))
             for workers in (1, 2):
                 settings = local_settings(base, broker.url, PARTITIONS, workdir / f"c{workers}")
-                runs.append(churnwatch(settings, workdir, total, workers))
-                print(f"  {runs[-1].name}: {runs[-1].rate:,.0f}/s", file=sys.stderr)
+                noted(runs, churnwatch(settings, workdir, total, workers))
         cdnow_runs = []
         cdnow = None if args.cdnow == "none" else Path(args.cdnow) if args.cdnow else cdnow_path()
         if cdnow is not None:
@@ -329,13 +363,14 @@ def main() -> None:
         elif args.cdnow != "none":
             print("CDNOW_master.txt not found (is lifetimes installed?): CDNOW runs skipped")
         lat = latency(records, args.rate, args.latency_seconds, workdir)
-    ceiling_run, floor_run, inline_run, naive_run, single, double = runs
+    ceiling_run, floor_run, inline_run, writes_run, naive_run, single, double = runs
     floor_rate = floor_run.rate
     one = single.rate
     print_runs("run", runs, floor_rate)
     print(f"\n2 workers / 1 worker: {double.rate / one:.2f}x")
     print(f"churnwatch x1 / naive table write per event: {one / naive_run.rate:.2f}x")
     print(f"churnwatch x1 / do-nothing agent on the same consumer: {one / inline_run.rate:.2f}")
+    print_costs(floor_run, inline_run, writes_run, single)
     per_customer = (single.rss - lat["idle_rss"]) / max(single.customers, 1)
     print(
         f"memory store, 1 worker: RSS {single.rss / 2**20:.0f} MB with {single.customers:,} "
