@@ -64,7 +64,11 @@ class Settings:
     clock: ClockMode = "live"
     clock_interval: float = 5.0
     batch_max: int = 1000
-    batch_within: float = 0.05
+    #: Faust's take() closes a batch at this age even when it is not full. A message
+    #: takes ~100-200 us through Faust's stream, so with a backlog 0.05 s held ~250
+    #: messages and 0.25 s ~850: fewer changelog writes per event (one per touched
+    #: customer per batch), for up to 0.25 s more latency when the input is slow.
+    batch_within: float = 0.25
     max_event_bytes: int = 64 * 1024
     dedup_ids: int = 0
     session_timeout: float = 10.0
