@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools demo test lint typecheck unit agent integration reliability schemas dashboards bench soak replay-cdnow backtest-cdnow calibrate clean
+.PHONY: help install tools kafka check demo test lint typecheck unit agent integration reliability schemas dashboards bench soak replay-cdnow backtest-cdnow calibrate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,15 +22,30 @@ install: $(STAMP) ## Create .venv and install churnwatch with its dev tools (.ve
 demo: $(STAMP) ## Run the demo: embedded broker, a worker, live events (DEMO_ARGS="--duration 60")
 	$(BIN)/churnwatch demo $(DEMO_ARGS)
 
-tools: ## Install prometheus (+promtool), redis-server and docker-compose (Debian) if missing; needs root
+tools: ## Install prometheus (+promtool), redis-server, docker-compose, Java and Maven (Debian) if missing; needs root
 	@command -v promtool >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 \
-	  && command -v docker-compose >/dev/null 2>&1 || { \
-	  echo "installing Debian packages prometheus, redis-server and docker-compose"; \
+	  && command -v docker-compose >/dev/null 2>&1 && command -v java >/dev/null 2>&1 \
+	  && command -v mvn >/dev/null 2>&1 || { \
+	  echo "installing Debian packages prometheus, redis-server, docker-compose, default-jre-headless and maven"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    prometheus redis-server docker-compose >/dev/null; }
+	    prometheus redis-server docker-compose default-jre-headless maven >/dev/null; }
 	@promtool --version | head -1
 	@redis-server --version
 	@docker-compose version | head -1
+	@java -version 2>&1 | head -1
+
+#: The local Apache Kafka's jars (streams/kafka_local.py), fetched once from Maven Central.
+KAFKA_VERSION := $(shell sed -n 's/^KAFKA_VERSION = "\(.*\)"$$/\1/p' streams/kafka_local.py)
+KAFKA_LIBS    := .cache/kafka-$(KAFKA_VERSION)/lib
+KAFKA_STAMP   := $(KAFKA_LIBS)/.complete
+
+$(KAFKA_STAMP): deploy/kafka/pom.xml
+	mvn -q -B -f deploy/kafka/pom.xml -Dkafka.version=$(KAFKA_VERSION) \
+	  dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(KAFKA_LIBS)
+	@touch $@
+
+kafka: tools $(KAFKA_STAMP) ## Fetch Apache Kafka's jars for the local broker (--embedded kafka) into .cache/
+	@echo "Apache Kafka $(KAFKA_VERSION): $$(ls $(KAFKA_LIBS)/*.jar | wc -l) jars in $(KAFKA_LIBS)"
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .

@@ -238,7 +238,7 @@ def latency(records: list[Record], rate: float, seconds: float, workdir: Path) -
     from each record's Kafka timestamp (set when published) to its state written."""
     with EmbeddedBroker(log_path=workdir / "latency-broker.log") as broker:
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS)))
-        settings = local_settings(Settings(), broker.url, PARTITIONS, workdir / "latency")
+        settings = local_settings(Settings(), broker, PARTITIONS, workdir / "latency")
         proc = WorkerProcess(settings, workdir / "latency-worker.log")
         proc.start()
         try:
@@ -290,9 +290,9 @@ def measure_cdnow(path: Path, workdir: Path) -> list[Run]:
     runs: list[Run] = []
     with loaded_broker(workdir, records) as (broker, total):
         base = Settings()
-        settings = local_settings(base, broker.url, PARTITIONS, workdir / "f")
+        settings = local_settings(base, broker, PARTITIONS, workdir / "f")
         noted(runs, floor(settings, workdir, total, label=" (CDNOW)"))
-        settings = local_settings(base, broker.url, PARTITIONS, workdir / "c1")
+        settings = local_settings(base, broker, PARTITIONS, workdir / "c1")
         noted(runs, churnwatch(settings, workdir, total, 1, label=" (CDNOW)"))
     return runs
 
@@ -351,10 +351,10 @@ def main() -> None:
             noted(runs, asyncio.run(ceiling(broker.bootstrap, total)))
             base = Settings()
             for mode in ("floor", "inline", "writes", "naive"):
-                settings = local_settings(base, broker.url, PARTITIONS, workdir / mode)
+                settings = local_settings(base, broker, PARTITIONS, workdir / mode)
                 noted(runs, floor(settings, workdir, total, mode=mode))
             for workers in (1, 2):
-                settings = local_settings(base, broker.url, PARTITIONS, workdir / f"c{workers}")
+                settings = local_settings(base, broker, PARTITIONS, workdir / f"c{workers}")
                 noted(runs, churnwatch(settings, workdir, total, workers))
         cdnow_runs = []
         cdnow = None if args.cdnow == "none" else Path(args.cdnow) if args.cdnow else cdnow_path()

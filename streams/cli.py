@@ -38,6 +38,15 @@ BrokerOpt = Annotated[
     typer.Option("--broker", envvar="CHURNWATCH_BROKER", help="Kafka URL, kafka://host:port"),
 ]
 
+EmbeddedOpt = Annotated[
+    str,
+    typer.Option(
+        "--embedded",
+        envvar="CHURNWATCH_EMBEDDED",
+        help="Broker to start: tansu (in memory, no Java) or kafka (Apache Kafka; make kafka)",
+    ),
+]
+
 
 RiskOpt = Annotated[
     Path | None, typer.Option("--risk", help="Risk configuration (default: calibrated)")
@@ -188,6 +197,7 @@ def replay(
         str | None,
         typer.Option(help="Use this (empty, dedicated) Kafka instead of the embedded broker"),
     ] = None,
+    embedded: EmbeddedOpt = "tansu",
     model: Annotated[
         Path | None,
         typer.Option("--model", help="BG/NBD parameters from `churnwatch fit` for the workers"),
@@ -223,6 +233,7 @@ def replay(
             partitions=partitions,
             workers=workers,
             broker_url=broker,
+            embedded=_embedded(embedded),
             base=base,
             stage=lambda text: bar.console.print(f"[dim]» {text}[/]"),
             progress=progress,
@@ -443,6 +454,7 @@ def backtest(
     fmt: FormatOpt = "auto",
     partitions: Annotated[int, typer.Option(help="Partitions per topic")] = 4,
     workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
+    embedded: EmbeddedOpt = "tansu",
 ) -> None:
     """Replay the calibration period through the pipeline; score against the holdout."""
     import msgspec
@@ -464,6 +476,7 @@ def backtest(
             risk_path=risk,
             partitions=partitions,
             workers=workers,
+            embedded=_embedded(embedded),
             base=settings,
             stage=lambda text: console.print(f"[dim]» {text}[/]"),
         )
@@ -574,12 +587,31 @@ def demo(
             help="Serve the at-risk queue from an embedded Redis (or CHURNWATCH_REDIS_URL)",
         ),
     ] = True,
+    embedded: EmbeddedOpt = "tansu",
 ) -> None:
     """Run everything locally: embedded broker and Redis, a worker, a live event stream."""
     from streams.demo import DemoPlan, run_demo
 
     plan = DemoPlan(duration=duration, customers=customers, days=days, rate=rate, seed=seed)
-    run_demo(_settings(web_port=web_port), plan, console, redis=redis)
+    run_demo(_settings(web_port=web_port), plan, console, redis=redis, embedded=_embedded(embedded))
+
+
+def _embedded(kind: str) -> str:
+    """The ``--embedded`` choice, checked; a missing Java or jar fails at start with
+    what is missing (streams/kafka_local.py)."""
+    from streams.broker import BrokerError
+    from streams.embedded import check_kind
+
+    try:
+        checked = check_kind(kind)
+        if checked == "kafka":
+            from streams.kafka_local import check_installed
+
+            check_installed()
+    except BrokerError as exc:
+        console.print(f"[red]--embedded {kind}:[/] {exc}")
+        raise typer.Exit(2) from None
+    return checked
 
 
 def main() -> None:

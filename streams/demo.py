@@ -26,7 +26,7 @@ from rich.console import Console
 
 from schemas.events import ClockTick
 from streams import topics
-from streams.broker import EmbeddedBroker
+from streams.embedded import describe, embedded_broker
 from streams.generator import generate
 from streams.inputs import route
 from streams.kafka_admin import create_topics, wait_for_zero_lag
@@ -145,15 +145,25 @@ async def _run(settings: Settings, worker: WorkerProcess, plan: DemoPlan, consol
         loop.remove_signal_handler(sig)
 
 
-def run_demo(settings: Settings, plan: DemoPlan, console: Console, redis: bool = True) -> None:
+def run_demo(
+    settings: Settings,
+    plan: DemoPlan,
+    console: Console,
+    redis: bool = True,
+    embedded: str = "tansu",
+) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="churnwatch-demo-"))
     console.print(f"[bold]churnwatch demo[/] (logs and data in {workdir})")
     with contextlib.ExitStack() as stack:
-        broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
-        settings = local_settings(settings, broker.url, settings.partitions, workdir).replace(
+        broker = embedded_broker(
+            embedded, log_path=workdir / "broker.log", datadir=workdir / "kafka"
+        )
+        console.print(f"starting the {describe(broker)} broker")
+        stack.enter_context(broker)
+        settings = local_settings(settings, broker, settings.partitions, workdir).replace(
             web_port=settings.web_port
         )
-        console.print(f"broker   {broker.bootstrap} (embedded Tansu)")
+        console.print(f"broker   {broker.bootstrap} ({describe(broker)})")
         if redis and not settings.redis_url:
             server = stack.enter_context(EmbeddedRedis(workdir / "redis"))
             settings = settings.replace(redis_url=server.url)

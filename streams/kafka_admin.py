@@ -27,7 +27,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    NotCoordinatorForGroupError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
 #: Large fetches: dumps of changelogs and dead-letter topics are read in big batches.
 _FETCH = {
@@ -204,6 +210,32 @@ async def high_watermarks(
         return await _high_watermarks(consumer, wanted)
 
 
+#: Answers of a group coordinator that is still being elected or loading its state:
+#: Apache Kafka creates ``__consumer_offsets`` at the first FindCoordinator and gives
+#: these until its partitions are led and loaded, on a fresh broker for seconds.
+_COORDINATOR_NOT_READY = (
+    GroupCoordinatorNotAvailableError,
+    CoordinatorLoadInProgressError,
+    NotCoordinatorForGroupError,
+)
+
+
+async def _group_offsets(
+    admin: AIOKafkaAdminClient,
+    group_id: str,
+    partitions: list[TopicPartition],
+    timeout: float = 30.0,
+) -> dict[TopicPartition, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return dict(await admin.list_consumer_group_offsets(group_id, partitions=partitions))
+        except _COORDINATOR_NOT_READY:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def _committed(
     admin: AIOKafkaAdminClient,
     consumer: AIOKafkaConsumer,
@@ -213,7 +245,7 @@ async def _committed(
     if not partitions:
         return {}
     # Explicit partitions: Tansu drops the connection on the "all partitions" form.
-    found = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
+    found = await _group_offsets(admin, group_id, partitions)
     result = {tp: found[tp].offset for tp in partitions if tp in found and found[tp].offset >= 0}
     missing = [tp for tp in partitions if tp not in result]
     if missing:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 
 
 def stop_process_group(
@@ -26,3 +27,23 @@ def stop_process_group(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=5)
+
+
+def wait_group_gone(group: int, timeout: float) -> None:
+    """Wait until no process of ``group`` is left, SIGKILL what remains after ``timeout``.
+
+    A supervising shell exits at the SIGTERM at once; the program it ran (a JVM doing a
+    controlled shutdown) may still be writing its data directory for a while after."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:  # pragma: no cover - a reused group id of another user
+            return
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+        time.sleep(0.05)

@@ -29,7 +29,7 @@ from retention.state import CustomerState, decode_state
 from retention.timeutil import Micros, from_micros
 from schemas.events import ClockTick
 from streams import topics
-from streams.broker import EmbeddedBroker
+from streams.embedded import Broker, describe, embedded_broker
 from streams.inputs import Format, Record, read_events
 from streams.kafka_admin import (
     create_topics,
@@ -214,6 +214,7 @@ def replay(
     partitions: int = 4,
     workers: int = 1,
     broker_url: str | None = None,
+    embedded: str = "tansu",
     base: Settings | None = None,
     workdir: Path | None = None,
     stage: Stage = lambda _: None,
@@ -224,12 +225,16 @@ def replay(
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="churnwatch-")))
-        embedded = broker_url is None
+        target: Broker | str
         if broker_url is None:
-            stage("starting the embedded broker")
-            broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
-            broker_url = broker.url
-        settings = local_settings(base, broker_url, partitions, workdir, embedded=embedded)
+            target = embedded_broker(
+                embedded, log_path=workdir / "broker.log", datadir=workdir / "kafka"
+            )
+            stage(f"starting the {describe(target)} broker")
+            stack.enter_context(target)
+        else:
+            target = broker_url
+        settings = local_settings(base, target, partitions, workdir)
         bootstrap = settings.bootstrap
         timings: dict[str, float] = {}
         stage(f"creating topics ({partitions} partitions)")

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,14 +30,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class _Started(Protocol):
+    @property
+    def url(self) -> str: ...
+
+    quirks: str
+
+
 def local_settings(
-    base: Settings, broker_url: str, partitions: int, workdir: Path, embedded: bool = True
+    base: Settings, broker: _Started | str, partitions: int, workdir: Path
 ) -> Settings:
     """Settings for workers the demo, replays and tests start on a dedicated broker:
     a fresh consumer group and table, no live clock (the caller drives time), fast
-    commits and a short session timeout so that start-up takes seconds."""
+    commits and a short session timeout so that start-up takes seconds.
+
+    ``broker`` is a started broker of ``streams.embedded`` (its ``quirks``, the
+    work-arounds its workers need, come along) or the URL of any other Kafka."""
+    url, quirks = (broker, "") if isinstance(broker, str) else (broker.url, broker.quirks)
     return base.replace(
-        broker=broker_url,
+        broker=url,
         app_id=f"{base.app_id}-{int(time.time() * 1000)}",
         partitions=partitions,
         clock="off",
@@ -46,7 +57,7 @@ def local_settings(
         datadir=str(workdir / "data"),
         web_host="127.0.0.1",
         web_port=free_port(),
-        broker_quirks="tansu" if base.broker_quirks == "" and embedded else base.broker_quirks,
+        broker_quirks=base.broker_quirks or quirks,
     )
 
 

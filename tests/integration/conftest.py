@@ -1,4 +1,5 @@
-"""Fixtures for tests against a real Kafka-protocol broker (embedded Tansu)."""
+"""Fixtures for tests against a real broker: Apache Kafka by default, Tansu with
+``CHURNWATCH_TEST_BROKER=tansu`` (tests/brokers.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,22 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from streams.broker import EmbeddedBroker
+from streams.embedded import Broker
+from tests.brokers import new_broker
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    """One broker for the session: Tansu starts in milliseconds, but sharing it keeps
-    tests honest about using their own topics and consumer groups."""
-    log_path = tmp_path_factory.mktemp("broker") / "broker.log"
-    with EmbeddedBroker(log_path=log_path) as started:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One broker for the session; sharing it keeps tests honest about using their
+    own topics and consumer groups."""
+    with new_broker(tmp_path_factory.mktemp("broker")) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """The embedded Tansu, for the smoke set that keeps the demo's default working."""
+    with new_broker(tmp_path_factory.mktemp("tansu"), kind="tansu") as started:
         yield started
 
 

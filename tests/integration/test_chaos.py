@@ -23,7 +23,6 @@ import pytest
 from retention.partition import decode_partition
 from retention.timeutil import from_micros, parse_time
 from streams import topics
-from streams.broker import EmbeddedBroker
 from streams.generator import write_history
 from streams.inputs import read_events
 from streams.kafka_admin import create_topics, read_all, wait_for_zero_lag
@@ -32,6 +31,7 @@ from streams.produce import publish
 from streams.replay import collect, send_ticks, tick_and_wait
 from streams.settings import Settings
 from streams.workers import local_settings
+from tests.brokers import new_broker
 from tests.fleet import Fleet
 from tests.inprocess import Run
 from tests.reliability import Outcome, check_outcome, record_figures
@@ -76,8 +76,8 @@ def run_disturbed(history: Path, workdir: Path, initial: int, disturb: Disturb) 
         read_events(history, "jsonl"),
         key=lambda r: -1 if r.occurred_at is None else r.occurred_at,
     )
-    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
-        settings = local_settings(Settings(), broker.url, PARTITIONS, workdir)
+    with new_broker(workdir) as broker:
+        settings = local_settings(Settings(), broker, PARTITIONS, workdir)
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS)))
         # The whole history is in the log before the first worker starts: a topic is
         # read to its end only when it is (see agents/customers.py on alignment), so

@@ -27,7 +27,6 @@ import yaml
 
 from retention.timeutil import from_micros, parse_time, to_micros
 from streams import topics
-from streams.broker import EmbeddedBroker
 from streams.generator import write_history
 from streams.inputs import read_events
 from streams.kafka_admin import create_topics, wait_for_zero_lag
@@ -37,6 +36,7 @@ from streams.redis_server import EmbeddedRedis
 from streams.replay import tick_and_wait
 from streams.settings import Settings
 from streams.workers import WorkerProcess, free_port, local_settings
+from tests.brokers import new_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,11 +156,11 @@ def test_every_panel_query_returns_series(tmp_path: Path) -> None:
     history = tmp_path / "history.jsonl"
     write_history(history, 500, 150, 3, from_micros(END))
     with (
-        EmbeddedBroker(log_path=tmp_path / "broker.log") as broker,
+        new_broker(tmp_path) as broker,
         EmbeddedRedis(tmp_path / "redis") as redis,
     ):
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 2)))
-        settings = local_settings(Settings(), broker.url, 2, tmp_path).replace(redis_url=redis.url)
+        settings = local_settings(Settings(), broker, 2, tmp_path).replace(redis_url=redis.url)
         worker = WorkerProcess(settings, tmp_path / "worker.log")
         worker.start()
         prometheus = None

@@ -40,7 +40,6 @@ from aiokafka import AIOKafkaProducer
 from retention.state import CustomerState
 from retention.timeutil import to_micros
 from streams import topics
-from streams.broker import EmbeddedBroker
 from streams.generator import write_history
 from streams.history import fold_file
 from streams.inputs import read_events
@@ -49,6 +48,7 @@ from streams.replay import collect, send_ticks, wait_settled
 from streams.settings import Settings
 from streams.workers import WorkerProcess, local_settings
 from tests import reliability
+from tests.brokers import new_broker
 from tests.reasons import reason_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -174,10 +174,10 @@ def test_a_worker_dead_letters_fuzzed_garbage_and_keeps_going(tmp_path: Path) ->
     reasons = [expected_reason(item, started) for item in items]
     print(f"seed {SEED}: {len(records)} generated records, {len(bad)} garbage records")
 
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+    with new_broker(tmp_path) as broker:
         bootstrap = broker.bootstrap
         asyncio.run(create_topics(bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS)))
-        settings = local_settings(Settings(), broker.url, PARTITIONS, tmp_path)
+        settings = local_settings(Settings(), broker, PARTITIONS, tmp_path)
         worker = WorkerProcess(settings, tmp_path / "worker.log")
         worker.start()
         try:

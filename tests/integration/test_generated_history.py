@@ -12,10 +12,10 @@ import pytest
 
 from retention.timeutil import parse_time
 from streams import topics
-from streams.broker import EmbeddedBroker
 from streams.kafka_admin import end_offsets
 from streams.replay import replay
 from streams.settings import Settings
+from tests.brokers import new_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 END = "2025-07-01T00:00:00Z"
@@ -40,7 +40,7 @@ def alert_keys(alerts: list[dict[str, Any]]) -> set[tuple[str, int, str, str]]:
 
 def test_produce_publishes_every_line(history: Path, tmp_path: Path) -> None:
     lines = history.read_bytes().count(b"\n")
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+    with new_broker(tmp_path) as broker:
         command = [sys.executable, "-m", "streams.cli", "produce", str(history),
                    "--broker", broker.url]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -13,10 +13,10 @@ import pytest
 
 from retention.timeutil import parse_time
 from streams import topics
-from streams.broker import EmbeddedBroker
 from streams.kafka_admin import read_all
 from streams.replay import replay
 from streams.settings import Settings
+from tests.brokers import new_broker
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def test_bad_records_are_dead_lettered_and_counts_add_up(tmp_path: Path) -> None
     mixed.extend(bad)
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(mixed) + b"\n")
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+    with new_broker(tmp_path) as broker:
         result = replay(
             path,
             parse_time("2024-06-01T00:00:00Z"),

@@ -16,7 +16,6 @@ import pytest
 from retention.calendar import Calendar
 from retention.timeutil import from_micros, parse_time
 from streams import topics
-from streams.broker import EmbeddedBroker
 from streams.generator import write_history
 from streams.inputs import read_events
 from streams.kafka_admin import create_topics, wait_for_zero_lag
@@ -26,6 +25,7 @@ from streams.replay import collect, tick_and_wait
 from streams.report import build_report
 from streams.settings import Settings
 from streams.workers import WorkerProcess, free_port, local_settings
+from tests.brokers import new_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
@@ -53,9 +53,9 @@ def test_recording_rules_match_the_report(tmp_path: Path) -> None:
     as_of = parse_time("2025-07-01T00:00:00Z")
     history = tmp_path / "history.jsonl"
     write_history(history, 500, 150, 8, from_micros(as_of))
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+    with new_broker(tmp_path) as broker:
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 2)))
-        settings = local_settings(Settings(), broker.url, 2, tmp_path)
+        settings = local_settings(Settings(), broker, 2, tmp_path)
         worker = WorkerProcess(settings, tmp_path / "worker.log")
         worker.start()
         try:

@@ -13,7 +13,6 @@ from bench import recovery
 from retention.state import CustomerState
 from retention.timeutil import from_micros, parse_time
 from streams import topics
-from streams.broker import EmbeddedBroker
 from streams.generator import write_history
 from streams.inputs import read_events
 from streams.kafka_admin import create_topics, wait_for_zero_lag
@@ -22,6 +21,7 @@ from streams.replay import collect, tick_and_wait
 from streams.settings import Settings
 from streams.workers import WorkerProcess, free_port, local_settings
 from tests import reliability
+from tests.brokers import new_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,9 +34,9 @@ def test_restarted_worker_recovers_state_and_counters(tmp_path: Path) -> None:
     history = tmp_path / "history.jsonl"
     end = parse_time("2025-06-01T00:00:00Z")
     write_history(history, 1500, 150, 21, from_micros(end))
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+    with new_broker(tmp_path) as broker:
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 4)))
-        settings = local_settings(Settings(), broker.url, 4, tmp_path / "first")
+        settings = local_settings(Settings(), broker, 4, tmp_path / "first")
         group = settings.app_id
         first = WorkerProcess(settings, tmp_path / "first.log")
         first.start()
@@ -104,10 +104,10 @@ def test_a_large_changelog_recovers_exactly_and_restarts_fast(tmp_path: Path) ->
     RocksDB directory recovers them all, and a restart on the same directory reads
     only the changelog's tail. After each, every customer is counted and a sample
     read through the HTTP API equals the view of what was written."""
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+    with new_broker(tmp_path) as broker:
         partitions = recovery.PARTITIONS  # the changelog's, as write_changelog makes it
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, partitions)))
-        settings = local_settings(Settings(), broker.url, partitions, tmp_path).replace(
+        settings = local_settings(Settings(), broker, partitions, tmp_path).replace(
             store="rocksdb://", datadir=str(tmp_path / "data")
         )
         written = asyncio.run(recovery.write_changelog(broker.bootstrap, settings.app_id, LARGE, 5))

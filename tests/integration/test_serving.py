@@ -27,7 +27,6 @@ from retention.serving import customer_view
 from retention.state import CustomerState
 from retention.timeutil import from_micros, parse_time, to_micros
 from streams import topics
-from streams.broker import EmbeddedBroker
 from streams.generator import write_history
 from streams.inputs import read_events
 from streams.kafka_admin import create_topics, wait_for_zero_lag
@@ -40,6 +39,7 @@ from streams.redis_view import RedisView, expected_queues, view_json
 from streams.replay import collect, running_workers, send_ticks, wait_settled
 from streams.settings import Settings
 from streams.workers import WorkerProcess, local_settings
+from tests.brokers import new_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 END = parse_time("2025-06-01T00:00:00Z")
@@ -89,11 +89,11 @@ def test_view_survives_a_redis_outage_and_the_api_serves_it(tmp_path: Path) -> N
     records = list(read_events(history, "jsonl"))
     cut = len(records) * 2 // 5
     with (
-        EmbeddedBroker(log_path=tmp_path / "broker.log") as broker,
+        new_broker(tmp_path) as broker,
         EmbeddedRedis(tmp_path / "redis") as redis,
     ):
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 4)))
-        settings = local_settings(Settings(), broker.url, 4, tmp_path / "w")
+        settings = local_settings(Settings(), broker, 4, tmp_path / "w")
         settings = settings.replace(redis_url=redis.url)
         worker = WorkerProcess(settings, tmp_path / "worker.log")
         worker.start()
@@ -250,9 +250,9 @@ def test_any_worker_answers_for_every_customer(tmp_path: Path) -> None:
     """Two workers, no Redis: each forwards /customers/{id} to the owner's table."""
     history = tmp_path / "history.jsonl"
     write_history(history, 200, 60, 9, from_micros(END))
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+    with new_broker(tmp_path) as broker:
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 4)))
-        settings = local_settings(Settings(), broker.url, 4, tmp_path)
+        settings = local_settings(Settings(), broker, 4, tmp_path)
         with running_workers(settings, 2, tmp_path) as workers:
             wait_settled(workers, 4)
             asyncio.run(publish(broker.bootstrap, read_events(history, "jsonl")))

@@ -10,10 +10,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams import topics
-from streams.broker import EmbeddedBroker
 from streams.kafka_admin import create_topics
 from streams.settings import Settings
 from streams.workers import WorkerProcess, local_settings
+from tests.brokers import new_broker
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +27,9 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_live_worker_ticks_its_partitions_and_serves_metrics(tmp_path: Path) -> None:
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+    with new_broker(tmp_path) as broker:
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 2)))
-        settings = local_settings(Settings(), broker.url, 2, tmp_path).replace(
+        settings = local_settings(Settings(), broker, 2, tmp_path).replace(
             clock="live", clock_interval=0.5
         )
         worker = WorkerProcess(settings, tmp_path / "worker.log")
