@@ -59,7 +59,10 @@ typecheck: $(STAMP) ## mypy on the package
 #: printed when both are done, and either failing fails the target.
 SOAK_TEST = tests/integration/test_soak.py
 
-test: tools lint typecheck ## Lint, type-check and run every test tier (unit, agent, integration)
+check: lint typecheck ## Lint, type-check, unit and agent tiers: no broker, a few minutes
+	$(BIN)/pytest tests/unit tests/agent -q $(PYTEST_ARGS)
+
+test: tools kafka lint typecheck ## Lint, type-check and run every test tier (integration on Apache Kafka)
 	@mkdir -p out; \
 	$(BIN)/pytest $(SOAK_TEST) -p no:cacheprovider --basetemp=$(CURDIR)/out/soak-tmp \
 	  > out/soak-test.log 2>&1 & soak=$$!; \
@@ -77,13 +80,13 @@ unit: $(STAMP) ## Pure unit tests only
 agent: $(STAMP) ## Agent tests (Faust test context, no broker)
 	$(BIN)/pytest tests/agent $(PYTEST_ARGS)
 
-integration: $(STAMP) tools ## Integration tests against the embedded broker
+integration: $(STAMP) tools kafka ## Integration tests on Apache Kafka (CHURNWATCH_TEST_BROKER=tansu: Tansu)
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 RELIABILITY_TESTS = tests/integration/test_chaos.py tests/integration/test_redelivery_order.py \
   tests/integration/test_fuzz_worker.py tests/integration/test_recovery.py tests/integration/test_soak.py
 
-reliability: $(STAMP) tools ## Chaos, duplicates/order, fuzz, recovery and soak tests, then their closing figures
+reliability: $(STAMP) tools kafka ## Chaos, duplicates/order, fuzz, recovery and soak tests, then their closing figures
 	@mkdir -p out && rm -f out/reliability.jsonl
 	CHURNWATCH_RELIABILITY_OUT=$(CURDIR)/out/reliability.jsonl $(BIN)/pytest -m '' $(RELIABILITY_TESTS) $(PYTEST_ARGS); \
 	  status=$$?; $(BIN)/python -m tests.reliability out/reliability.jsonl; exit $$status
@@ -94,12 +97,12 @@ dashboards: $(STAMP) ## Regenerate deploy/grafana/dashboards/ from deploy/grafan
 schemas: $(STAMP) ## Regenerate schemas/json/ from the structs
 	$(BIN)/python -m schemas.jsonschema
 
-bench: $(STAMP) ## Run the benchmarks (prints measured figures): validation, pipeline, recovery and memory (~30 min)
+bench: $(STAMP) kafka ## Run the benchmarks on Apache Kafka (prints measured figures): validation, pipeline, recovery and memory (~30 min)
 	$(BIN)/python -m bench.validation
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
 	$(BIN)/python -m bench.recovery $(RECOVERY_ARGS)
 
-soak: $(STAMP) ## Soak one worker 10 min at 300 events/s: RSS and lag over time (SOAK_ARGS="--duration 120")
+soak: $(STAMP) kafka ## Soak one worker 10 min at 300 events/s: RSS and lag over time (SOAK_ARGS="--duration 120")
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 replay-cdnow: $(STAMP) ## Replay the CDNOW purchase log (writes out/cdnow-customers.jsonl, out/cdnow-report.json)

@@ -50,7 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from retention.timeutil import from_micros, parse_time
 from streams import topics
-from streams.broker import EmbeddedBroker
+from streams.embedded import KINDS, Broker, embedded_broker
 from streams.generator import write_history
 from streams.inputs import Record, read_events
 from streams.kafka_admin import create_topics
@@ -233,10 +233,15 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return lower_bound
 
 
-def latency(records: list[Record], rate: float, seconds: float, workdir: Path) -> dict[str, float]:
+def latency(
+    records: list[Record], rate: float, seconds: float, workdir: Path, kind: str
+) -> dict[str, float]:
     """A fresh broker and worker, input published at ``rate`` events/s; latency is
     from each record's Kafka timestamp (set when published) to its state written."""
-    with EmbeddedBroker(log_path=workdir / "latency-broker.log") as broker:
+    broker = embedded_broker(
+        kind, log_path=workdir / "latency-broker.log", datadir=workdir / "latency-kafka"
+    )
+    with broker:
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS)))
         settings = local_settings(Settings(), broker, PARTITIONS, workdir / "latency")
         proc = WorkerProcess(settings, workdir / "latency-worker.log")
@@ -269,11 +274,12 @@ def latency(records: list[Record], rate: float, seconds: float, workdir: Path) -
 
 
 @contextlib.contextmanager
-def loaded_broker(workdir: Path, records: list[Record]) -> Iterator[tuple[EmbeddedBroker, int]]:
-    """An embedded broker with the topics created and ``records`` published; the count
-    published."""
+def loaded_broker(workdir: Path, records: list[Record], kind: str) -> Iterator[tuple[Broker, int]]:
+    """A broker of this kind with the topics created and ``records`` published; the
+    count published."""
     workdir.mkdir(parents=True, exist_ok=True)
-    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+    broker = embedded_broker(kind, log_path=workdir / "broker.log", datadir=workdir / "kafka")
+    with broker:
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS)))
         yield broker, asyncio.run(publish(broker.bootstrap, records)).published
 
@@ -283,12 +289,12 @@ def noted(runs: list[Run], run: Run) -> None:
     print(f"  {run.name}: {run.rate:,.0f}/s", file=sys.stderr)
 
 
-def measure_cdnow(path: Path, workdir: Path) -> list[Run]:
+def measure_cdnow(path: Path, workdir: Path, kind: str) -> list[Run]:
     """The floor and one churnwatch worker on CDNOW, against a broker of their own."""
     records = sorted(read_events(path, "cdnow"), key=lambda r: r.occurred_at or 0)
     print(f"CDNOW: {len(records):,} events from {path}", file=sys.stderr)
     runs: list[Run] = []
-    with loaded_broker(workdir, records) as (broker, total):
+    with loaded_broker(workdir, records, kind) as (broker, total):
         base = Settings()
         settings = local_settings(base, broker, PARTITIONS, workdir / "f")
         noted(runs, floor(settings, workdir, total, label=" (CDNOW)"))
@@ -331,6 +337,9 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     parser.add_argument(
+        "--embedded", choices=KINDS, default="kafka", help="broker to run on (default: kafka)"
+    )
+    parser.add_argument(
         "--cdnow",
         default="",
         help="CDNOW_master.txt for the CDNOW runs (default: the lifetimes wheel's; none: skip)",
@@ -347,7 +356,7 @@ def main() -> None:
         )
         print(f"input: {len(records):,} events, {args.customers:,} customers", file=sys.stderr)
         runs: list[Run] = []
-        with loaded_broker(workdir, records) as (broker, total):
+        with loaded_broker(workdir, records, args.embedded) as (broker, total):
             noted(runs, asyncio.run(ceiling(broker.bootstrap, total)))
             base = Settings()
             for mode in ("floor", "inline", "writes", "naive"):
@@ -359,10 +368,10 @@ def main() -> None:
         cdnow_runs = []
         cdnow = None if args.cdnow == "none" else Path(args.cdnow) if args.cdnow else cdnow_path()
         if cdnow is not None:
-            cdnow_runs = measure_cdnow(cdnow, workdir / "cdnow")
+            cdnow_runs = measure_cdnow(cdnow, workdir / "cdnow", args.embedded)
         elif args.cdnow != "none":
             print("CDNOW_master.txt not found (is lifetimes installed?): CDNOW runs skipped")
-        lat = latency(records, args.rate, args.latency_seconds, workdir)
+        lat = latency(records, args.rate, args.latency_seconds, workdir, args.embedded)
     ceiling_run, floor_run, inline_run, writes_run, naive_run, single, double = runs
     floor_rate = floor_run.rate
     one = single.rate

@@ -47,7 +47,7 @@ from retention.state import CustomerState, decode_state, encode_state
 from retention.timeutil import to_micros
 from schemas.events import Event, Feedback, Purchase, Signup
 from streams import topics
-from streams.broker import EmbeddedBroker
+from streams.embedded import KINDS, Broker, embedded_broker
 from streams.kafka_admin import create_topics
 from streams.partitions import partition_state_key
 from streams.produce import producer_for
@@ -185,8 +185,8 @@ def read_back(proc: WorkerProcess, sample: dict[str, bytes]) -> int:
     return mismatches
 
 
-def run_store(broker_url: str, app_id: str, store: str, written: Written, workdir: Path) -> dict:
-    base = local_settings(Settings(), broker_url, PARTITIONS, workdir)
+def run_store(broker: Broker, app_id: str, store: str, written: Written, workdir: Path) -> dict:
+    base = local_settings(Settings(), broker, PARTITIONS, workdir)
     settings = base.replace(app_id=app_id, store=store, datadir=str(workdir / "data"))
     figures: dict[str, float | str] = {"store": store}
     # Baseline: the same worker with nothing to recover.
@@ -227,11 +227,17 @@ def main() -> None:
     parser.add_argument("--stores", nargs="+", default=["memory", "rocksdb"])
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
+    parser.add_argument(
+        "--embedded", choices=KINDS, default="kafka", help="broker to run on (default: kafka)"
+    )
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="churnwatch-recovery-") as tmp:
         workdir = Path(tmp)
-        with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        broker = embedded_broker(
+            args.embedded, log_path=workdir / "broker.log", datadir=workdir / "kafka"
+        )
+        with broker:
             asyncio.run(
                 create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS))
             )
@@ -247,7 +253,7 @@ def main() -> None:
                     file=sys.stderr,
                 )
                 figures = run_store(
-                    broker.url, app_id, f"{store}://", written, workdir / f"{store}-{customers}"
+                    broker, app_id, f"{store}://", written, workdir / f"{store}-{customers}"
                 )
                 figures["customers"] = written.customers
                 figures["state B"] = written.state_bytes

@@ -48,7 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from retention.timeutil import DAY, SECOND, Micros, from_micros, iso
 from schemas.events import ClockTick
 from streams import topics
-from streams.broker import EmbeddedBroker
+from streams.embedded import KINDS, embedded_broker
 from streams.generator import generate
 from streams.inputs import Record, route
 from streams.kafka_admin import consumer_lag, create_topics, wait_for_zero_lag
@@ -380,6 +380,7 @@ class SoakPlan:
     max_rss_growth_mb: float = 40.0
     max_lag: int | None = None  # None: ten seconds of input
     max_lag_slope: float | None = None  # None: one second of input per minute
+    embedded: str = "kafka"  # the broker to run on (streams.embedded)
 
     @property
     def count(self) -> int:
@@ -504,7 +505,10 @@ def run_soak(
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
-        broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
+        broker = embedded_broker(
+            plan.embedded, log_path=workdir / "broker.log", datadir=workdir / "kafka"
+        )
+        stack.enter_context(broker)
         settings = local_settings(base, broker, plan.partitions, workdir)
         asyncio.run(
             create_topics(settings.bootstrap, dict.fromkeys(topics.ALL_TOPICS, plan.partitions))
@@ -615,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", help="table store, e.g. rocksdb:// (default: settings)")
     parser.add_argument("--workdir", type=Path, help="keep broker and worker logs here")
     parser.add_argument("--out", type=Path, help="write the samples and figures as JSON")
+    parser.add_argument(
+        "--embedded", choices=KINDS, default="kafka", help="broker to run on (default: kafka)"
+    )
     args = parser.parse_args(argv)
     plan = SoakPlan(
         duration=args.duration,
@@ -628,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         max_rss_growth_mb=args.max_rss_growth_mb,
         max_lag=args.max_lag,
         max_lag_slope=args.max_lag_slope,
+        embedded=args.embedded,
     )
     base = Settings.from_env(store=args.store)
     if args.workdir is not None:

@@ -1,4 +1,7 @@
-"""The embedded broker supervisor and the Kafka admin helpers, against real Tansu."""
+"""The Tansu supervisor (streams/broker.py: always Tansu, part of the smoke set that
+keeps the demo's default broker working) and the Kafka admin helpers, on the session's
+broker (Apache Kafka unless CHURNWATCH_TEST_BROKER=tansu) and, where a Tansu
+work-around is involved, on Tansu as well."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.broker import BrokerError, EmbeddedBroker, _port_taken
+from streams.embedded import Broker
 from streams.kafka_admin import (
     PartitionCountError,
     UnknownTopicError,
@@ -186,7 +190,7 @@ def test_missing_binary_names_the_package(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 async def test_create_topics_is_idempotent_and_checks_partition_counts(
-    broker: EmbeddedBroker, topic_name: Callable[[str], str]
+    broker: Broker, topic_name: Callable[[str], str]
 ) -> None:
     a, b = topic_name("a"), topic_name("b")
     await create_topics(broker.bootstrap, {a: 3, b: 1})
@@ -202,7 +206,7 @@ async def test_create_topics_is_idempotent_and_checks_partition_counts(
 
 
 async def test_create_topics_applies_compaction_config(
-    broker: EmbeddedBroker, topic_name: Callable[[str], str]
+    broker: Broker, topic_name: Callable[[str], str]
 ) -> None:
     name = topic_name("changelog")
     await create_topics(broker.bootstrap, {name: 2}, config={name: {"cleanup.policy": "compact"}})
@@ -219,16 +223,18 @@ async def test_create_topics_applies_compaction_config(
     assert {entry[0]: entry[1] for entry in entries}["cleanup.policy"] == "compact"
 
 
-async def test_unknown_topics_are_errors_not_empty(broker: EmbeddedBroker) -> None:
+async def test_unknown_topics_are_errors_not_empty(broker: Broker) -> None:
     with pytest.raises(UnknownTopicError, match="no-such-topic"):
         await end_offsets(broker.bootstrap, ["no-such-topic"])
     with pytest.raises(UnknownTopicError):
         await consumer_lag(broker.bootstrap, "g", ["no-such-topic"])
 
 
+@pytest.mark.parametrize("kind", ["broker", "tansu"])
 async def test_end_offsets_count_every_batched_record(
-    broker: EmbeddedBroker, topic_name: Callable[[str], str]
+    kind: str, request: pytest.FixtureRequest, topic_name: Callable[[str], str]
 ) -> None:
+    broker: Broker = request.getfixturevalue(kind)
     name = topic_name("events")
     await create_topics(broker.bootstrap, {name: 3})
     await produce(broker.bootstrap, name, [(f"c{i % 17}".encode(), b"x") for i in range(1000)])
@@ -244,7 +250,7 @@ async def test_end_offsets_count_every_batched_record(
 
 
 async def test_lag_follows_the_groups_commits(
-    broker: EmbeddedBroker, topic_name: Callable[[str], str]
+    broker: Broker, topic_name: Callable[[str], str]
 ) -> None:
     name, group = topic_name("input"), topic_name("group")
     await create_topics(broker.bootstrap, {name: 2})
@@ -281,7 +287,7 @@ async def test_lag_follows_the_groups_commits(
 
 
 async def test_read_latest_by_key_keeps_last_value_and_tombstones(
-    broker: EmbeddedBroker, topic_name: Callable[[str], str]
+    broker: Broker, topic_name: Callable[[str], str]
 ) -> None:
     name = topic_name("changelog")
     await create_topics(broker.bootstrap, {name: 4}, config={name: {"cleanup.policy": "compact"}})
@@ -300,7 +306,7 @@ async def test_read_latest_by_key_keeps_last_value_and_tombstones(
 
 
 async def test_reads_of_an_empty_topic_are_empty(
-    broker: EmbeddedBroker, topic_name: Callable[[str], str]
+    broker: Broker, topic_name: Callable[[str], str]
 ) -> None:
     name = topic_name("empty")
     await create_topics(broker.bootstrap, {name: 2})
@@ -312,11 +318,13 @@ async def test_reads_of_an_empty_topic_are_empty(
     }
 
 
+@pytest.mark.parametrize("kind", ["broker", "tansu"])
 async def test_high_watermark_of_one_batch_counts_all_its_records(
-    broker: EmbeddedBroker, topic_name: Callable[[str], str]
+    kind: str, request: pytest.FixtureRequest, topic_name: Callable[[str], str]
 ) -> None:
     """Tansu's ListOffsets reports a batch's base offset + 1; Faust's recovery is
     given ``high_watermarks`` instead on the embedded broker (streams/tansu.py)."""
+    broker: Broker = request.getfixturevalue(kind)
     name = topic_name("batch")
     await create_topics(broker.bootstrap, {name: 1})
     await produce(broker.bootstrap, name, [(b"k", b"x")] * 10)
@@ -324,7 +332,7 @@ async def test_high_watermark_of_one_batch_counts_all_its_records(
     assert await high_watermarks(broker.bootstrap, [tp]) == {tp: 10}
 
 
-async def test_high_watermarks_of_no_partitions_are_empty(broker: EmbeddedBroker) -> None:
+async def test_high_watermarks_of_no_partitions_are_empty(broker: Broker) -> None:
     """Faust's recovery asks for none on a worker with no active partition; a
     CancelledError here ended that worker's recovery for good (streams/tansu.py)."""
     assert await high_watermarks(broker.bootstrap, []) == {}

@@ -16,6 +16,8 @@ from typing import Any
 import lifetimes
 import pytest
 
+from tests.brokers import KIND
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CDNOW = Path(lifetimes.__file__).parent / "datasets" / "CDNOW_master.txt"
@@ -115,7 +117,7 @@ def run_replay(tmp_path: Path, partitions: int, workers: int) -> tuple[Path, Pat
         sys.executable, "-m", "streams.cli", "replay", str(CDNOW),
         "--format", "cdnow", "--as-of", "1998-07-01T00:00:00Z",
         "--partitions", str(partitions), "--workers", str(workers),
-        "--customers", str(out), "--report", str(report_path),
+        "--customers", str(out), "--report", str(report_path), "--embedded", KIND,
     ]  # fmt: skip
     env = {**os.environ, "CHURNWATCH_ACTIVITY_WINDOW": f"{WINDOW_DAYS}d"}
     started = time.perf_counter()

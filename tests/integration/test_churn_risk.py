@@ -20,6 +20,7 @@ from retention.timeutil import parse_time
 from streams.backtest import backtest
 from streams.replay import replay
 from streams.settings import Settings
+from tests.brokers import KIND
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ CDNOW = Path(lifetimes.__file__).parent / "datasets" / "CDNOW_master.txt"
 
 @pytest.fixture(scope="module")
 def result() -> dict[str, Any]:
-    return backtest(CDNOW, "cdnow", T1, T2, base=Settings(), keep_alerts=True)
+    return backtest(CDNOW, "cdnow", T1, T2, embedded=KIND, base=Settings(), keep_alerts=True)
 
 
 def test_risk_score_beats_the_baselines_on_cdnow(result: dict[str, Any]) -> None:
@@ -105,6 +106,7 @@ def test_replaying_again_yields_the_same_alerts(result: dict[str, Any], tmp_path
             T1,
             fmt="cdnow",
             partitions=partitions,
+            embedded=KIND,
             base=base,
             workdir=tmp_path / name,
         ).alerts

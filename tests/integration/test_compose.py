@@ -50,6 +50,20 @@ def test_compose_file_validates() -> None:
     assert services["generator"]["profiles"] == ["demo"]
 
 
+def test_compose_runs_the_kafka_the_suite_tests() -> None:
+    """Users get the Apache Kafka release the integration tier runs on, and the same
+    topics that churnwatch provisions itself (streams/topics.py)."""
+    from streams import topics
+    from streams.kafka_local import KAFKA_VERSION
+
+    services = compose_config()["services"]
+    for name in ("kafka", "topics-init"):
+        assert services[name]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    script = "\n".join(services["topics-init"]["command"])
+    for topic in topics.ALL_TOPICS:
+        assert topic in script, f"topics-init does not create {topic}"
+
+
 def test_workers_scale_without_clashing() -> None:
     worker = compose_config()["services"]["worker"]
     assert "container_name" not in worker

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.redis_view import RedisView
 from streams.workers import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.tansu_smoke]
 
 
 def get(url: str) -> Any:

@@ -13,9 +13,9 @@ import pytest
 from retention.timeutil import parse_time
 from streams import topics
 from streams.kafka_admin import end_offsets
-from streams.replay import replay
+from streams.replay import ReplayResult, replay
 from streams.settings import Settings
-from tests.brokers import new_broker
+from tests.brokers import KIND, new_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 END = "2025-07-01T00:00:00Z"
@@ -50,10 +50,46 @@ def test_produce_publishes_every_line(history: Path, tmp_path: Path) -> None:
     assert f"published {lines} records" in done.stderr
 
 
-def test_two_workers_compute_what_one_does(history: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def one_worker(history: Path, tmp_path_factory: pytest.TempPathFactory) -> ReplayResult:
+    """The replay on the session's broker with one worker: the reference."""
+    workdir = tmp_path_factory.mktemp("one")
+    return replay(
+        history, parse_time(END), partitions=4, workers=1, embedded=KIND, base=Settings(),
+        workdir=workdir,
+    )  # fmt: skip
+
+
+@pytest.mark.tansu_smoke
+def test_tansu_computes_what_kafka_does(
+    history: Path, one_worker: ReplayResult, tmp_path: Path
+) -> None:
+    """The demo's default broker gives the same state and alerts, its work-arounds on."""
+    on_tansu = replay(
+        history, parse_time(END), partitions=2, workers=1, embedded="tansu", base=Settings(),
+        workdir=tmp_path,
+    )  # fmt: skip
+    assert on_tansu.settings.broker_quirks == "tansu"
+    assert on_tansu.customers == one_worker.customers
+    assert alert_keys(on_tansu.alerts) == alert_keys(one_worker.alerts)
+    assert on_tansu.events == one_worker.events
+
+
+def test_two_workers_compute_what_one_does(
+    history: Path, one_worker: ReplayResult, tmp_path: Path
+) -> None:
     as_of = parse_time(END)
-    one = replay(history, as_of, partitions=4, workers=1, base=Settings(), workdir=tmp_path / "1")
-    two = replay(history, as_of, partitions=4, workers=2, base=Settings(), workdir=tmp_path / "2")
+    one = one_worker
+    assert one.settings.broker_quirks == ("tansu" if KIND == "tansu" else "")
+    two = replay(
+        history,
+        as_of,
+        partitions=4,
+        workers=2,
+        embedded=KIND,
+        base=Settings(),
+        workdir=tmp_path / "2",
+    )
     assert len(one.customers) == 400
     # Equal field for field, risk marks included: events are applied in event-time
     # order once every input topic has been read that far, so which topic a worker

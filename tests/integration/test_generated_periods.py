@@ -14,6 +14,7 @@ from streams.generator import write_history
 from streams.replay import replay
 from streams.report import build_report
 from streams.settings import Settings
+from tests.brokers import KIND
 from tests.oracle import expected, facts_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,6 +33,7 @@ def test_generated_history_periods_equal_batch(tmp_path: Path) -> None:
         order="file",  # keep the generator's disorder
         partitions=4,
         workers=2,
+        embedded=KIND,
         base=Settings(),
         workdir=tmp_path,
     )

@@ -14,6 +14,7 @@ from retention.timeutil import DAY, from_micros, parse_time
 from streams.generator import write_history
 from streams.replay import ReplayResult, replay
 from streams.settings import Settings
+from tests.brokers import KIND
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 AS_OF = "2025-07-01T00:00:00Z"
@@ -51,7 +52,9 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def baseline(history: Path, tmp_path_factory: pytest.TempPathFactory) -> ReplayResult:
     workdir = tmp_path_factory.mktemp("baseline")
-    return replay(history, parse_time(AS_OF), order="time", base=Settings(), workdir=workdir)
+    return replay(
+        history, parse_time(AS_OF), order="time", embedded=KIND, base=Settings(), workdir=workdir
+    )
 
 
 def test_input_delivered_twice_changes_nothing(
@@ -60,7 +63,9 @@ def test_input_delivered_twice_changes_nothing(
     lines = history.read_bytes().splitlines(keepends=True)
     twice = tmp_path / "twice.jsonl"
     twice.write_bytes(b"".join(lines + lines))  # the whole input, then all of it again
-    result = replay(twice, parse_time(AS_OF), order="file", base=Settings(), workdir=tmp_path)
+    result = replay(
+        twice, parse_time(AS_OF), order="file", embedded=KIND, base=Settings(), workdir=tmp_path
+    )
     assert result.customers == baseline.customers
     assert comparable(result.alerts) == comparable(baseline.alerts)
     assert len(result.alerts) == len(baseline.alerts)  # not even a re-sent copy
@@ -89,7 +94,9 @@ def test_input_shuffled_within_the_lateness_changes_nothing(
     keyed.sort(key=lambda item: item[0])
     shuffled = tmp_path / "shuffled.jsonl"
     shuffled.write_bytes(b"".join(line for _, line in keyed))
-    result = replay(shuffled, parse_time(AS_OF), order="file", base=settings, workdir=tmp_path)
+    result = replay(
+        shuffled, parse_time(AS_OF), order="file", embedded=KIND, base=settings, workdir=tmp_path
+    )
     assert result.events["late"] == 0
     assert result.customers == baseline.customers
     assert comparable(result.alerts) == comparable(baseline.alerts)

@@ -25,6 +25,7 @@ import pytest
 
 from bench.soak import Bounds, Sample, summarize
 from tests import reliability
+from tests.brokers import KIND
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,6 +45,7 @@ def test_worker_memory_settles_and_it_keeps_up(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     command = [
         sys.executable, "-m", "bench.soak", "--duration", str(DURATION), "--rate", str(RATE),
+        "--embedded", KIND,
         "--sample-every", "5", "--warmup", str(WARMUP),
         "--max-rss-growth-mb", str(RSS_GROWTH_MB), "--max-lag", str(MAX_LAG),
         "--max-lag-slope", str(MAX_LAG_SLOPE),
