@@ -10,10 +10,11 @@ re-read batch may raise it again while processing another message).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Final, Literal
 
 from msgspec import Struct
+
+from schemas.events import Timestamp
 
 ALERT_SCHEMA_VERSION: Final = 1
 AlertStatus = Literal["firing", "escalated", "resolved", "churned"]
@@ -49,7 +50,8 @@ class AlertRecord(Struct, frozen=True, kw_only=True):
     value_at_risk: float
     clv: float
     segment: str | None
-    starts_at: datetime
-    at: datetime
-    observed_at: datetime
+    # Always aware (UTC): the published schema then says RFC 3339 ``date-time``.
+    starts_at: Timestamp
+    at: Timestamp
+    observed_at: Timestamp
     source: AlertSource

@@ -8,10 +8,11 @@ worker restart (processing is at-least-once).
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Final, Literal, get_args
+from typing import Annotated, Final, Literal, get_args
 
-from msgspec import Struct
+from msgspec import Meta, Struct
+
+from schemas.events import Timestamp
 
 RejectReason = Literal[
     "too_large",
@@ -29,6 +30,8 @@ RejectReason = Literal[
 REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
 
 DEADLETTER_SCHEMA_VERSION: Final = 1
+#: Standard base64 (with padding) of raw bytes, which need not be UTF-8.
+Base64 = Annotated[str, Meta(extra_json_schema={"contentEncoding": "base64"})]
 
 
 class DeadLetter(Struct, kw_only=True, frozen=True):
@@ -39,7 +42,8 @@ class DeadLetter(Struct, kw_only=True, frozen=True):
     partition: int
     offset: int
     timestamp_ms: int | None
-    key_b64: str | None
-    value_b64: str
+    key_b64: Base64 | None
+    value_b64: Base64
     size: int
-    received_at: datetime
+    # Always aware (UTC): the published schema then says RFC 3339 ``date-time``.
+    received_at: Timestamp

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,19 @@ _FEEDBACK_RULES = [
 
 
 def _schema(struct: type, title: str, description: str) -> dict[str, Any]:
+    """``struct``'s schema as a standalone file: the struct at the root and, in its
+    ``$defs``, every struct it refers to.
+
+    msgspec puts every struct, the root included, in ``$defs`` behind a root
+    ``$ref``; the root's body is lifted to the top, so a reference to the root
+    itself (a recursive struct) becomes ``#``. Every ``$ref`` in a published file
+    must resolve inside that file: consumers load it offline, and a validator
+    (jsonschema, ajv, a schema registry) refuses a schema with a dangling one.
+    """
     generated = msgspec.json.schema(struct)
     name = generated["$ref"].rsplit("/", 1)[-1]
-    body: dict[str, Any] = generated["$defs"][name]
+    defs: dict[str, Any] = dict(generated.get("$defs", {}))
+    body: dict[str, Any] = defs.pop(name)
     schema: dict[str, Any] = {
         **{k: v for k, v in body.items() if k not in {"title", "description"}},
         "$schema": DIALECT,
@@ -49,7 +60,35 @@ def _schema(struct: type, title: str, description: str) -> dict[str, Any]:
         "title": title,
         "description": description,
     }
+    if defs:
+        schema["$defs"] = defs
+    schema = _retarget(schema, {f"#/$defs/{name}": "#"})
+    dangling = sorted(set(refs(schema)) - {"#", *(f"#/$defs/{d}" for d in defs)})
+    if dangling:
+        raise ValueError(f"{title}: $ref without a target in the file: {', '.join(dangling)}")
     return schema
+
+
+def _retarget(node: Any, moves: dict[str, str]) -> Any:
+    """A copy of ``node`` with each ``$ref`` in ``moves`` replaced by its new target."""
+    if isinstance(node, dict):
+        return {k: moves.get(v, v) if k == "$ref" else _retarget(v, moves) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_retarget(item, moves) for item in node]
+    return node
+
+
+def refs(node: Any) -> Iterator[str]:
+    """Every ``$ref`` value in ``node``, at any depth."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            else:
+                yield from refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from refs(item)
 
 
 def generate() -> dict[str, dict[str, Any]]:

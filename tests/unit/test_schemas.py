@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
+import msgspec
 import pytest
 
 from schemas import EventDecoder, Feedback, Purchase, Rejected, Signup
-from schemas.jsonschema import JSON_DIR, generate, render
+from schemas.alert import AlertReason, AlertRecord, AlertSource
+from schemas.deadletter import REJECT_REASONS, DeadLetter
+from schemas.events import Timestamp
+from schemas.jsonschema import DIALECT, JSON_DIR, _schema, generate, refs, render
+from tests.published_schemas import load, problems, registry, validator
 
 BASE = {"event_id": "e-1", "customer_id": "c-1", "occurred_at": "2024-03-01T10:00:00+02:00"}
 VALID: list[tuple[str, dict[str, Any]]] = [
@@ -175,3 +182,101 @@ def test_json_schema_rejects_what_the_decoder_rejects(
     schema = json.loads((JSON_DIR / f"{kind}.json").read_text())
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(json.loads(value))
+
+
+PUBLISHED = sorted(path.name for path in JSON_DIR.glob("*.json"))
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_schema_is_a_valid_2020_12_schema(name: str) -> None:
+    schema = load(name)
+    assert schema["$schema"] == DIALECT
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_every_ref_resolves_inside_its_file(name: str) -> None:
+    # The registry holds this file alone and retrieves nothing: a $ref into another
+    # file, onto the network or to a missing $defs entry raises Unresolvable.
+    schema = load(name)
+    resolver = registry(schema).resolver(base_uri=schema["$id"])
+    for ref in refs(schema):
+        resolver.lookup(ref)
+
+
+def test_the_alert_schema_has_refs_to_resolve() -> None:
+    # Keeps the test above from passing vacuously should the generator inline them.
+    assert {"#/$defs/AlertReason", "#/$defs/AlertSource"} <= set(refs(load("alert.json")))
+
+
+class Leaf(msgspec.Struct, kw_only=True):
+    at: Timestamp
+
+
+class Node(msgspec.Struct, kw_only=True):
+    leaf: Leaf
+    children: list[Node] = []
+
+
+def test_the_generator_lifts_a_recursive_root_and_keeps_what_it_refers_to() -> None:
+    schema = _schema(Node, "node", "a tree")
+    assert set(schema["$defs"]) == {"Leaf"}
+    assert set(refs(schema)) == {"#", "#/$defs/Leaf"}
+    check = jsonschema.Draft202012Validator(schema, registry=registry(schema))
+    leaf = {"at": "2024-01-01T00:00:00Z"}
+    check.validate({"leaf": leaf, "children": [{"leaf": leaf, "children": []}]})
+    with pytest.raises(jsonschema.ValidationError):
+        check.validate({"leaf": leaf, "children": [{"children": []}]})
+
+
+def _alert() -> AlertRecord:
+    at = datetime(2024, 3, 1, tzinfo=UTC)
+    return AlertRecord(
+        alert_id="c-1:0-1",
+        dedup_key="c-1:0",
+        sequence=1,
+        status="firing",
+        customer_id="c-1",
+        tier="high",
+        risk_score=0.8,
+        reasons=[AlertReason(code="recency", value=40.0, threshold=30.0)],
+        value_at_risk=120.0,
+        clv=300.0,
+        segment=None,
+        starts_at=at,
+        at=at,
+        observed_at=datetime.now(UTC),
+        source=AlertSource(topic="churnwatch.clock", partition=0, offset=3, event_id=None),
+    )
+
+
+def _dead_letter() -> DeadLetter:
+    return DeadLetter(
+        reason="malformed_json",
+        detail="JSON is malformed",
+        topic="customer.purchases",
+        partition=2,
+        offset=17,
+        timestamp_ms=None,
+        key_b64=None,
+        value_b64=base64.b64encode(b"\xff{").decode(),
+        size=2,
+        received_at=datetime.now(UTC),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "record"), [("alert.json", _alert()), ("deadletter.json", _dead_letter())]
+)
+def test_records_as_the_worker_encodes_them_validate(name: str, record: msgspec.Struct) -> None:
+    body = json.loads(msgspec.json.encode(record))
+    assert problems(validator(name), body) == []
+    # The format checker does check timestamps: one without an offset fails.
+    stamp = "at" if name == "alert.json" else "received_at"
+    naive = {**body, stamp: body[stamp][:19]}
+    assert any("date-time" in problem for problem in problems(validator(name), naive))
+
+
+def test_the_dead_letter_schema_names_every_reject_reason() -> None:
+    reasons = load("deadletter.json")["properties"]["reason"]["enum"]
+    assert sorted(reasons) == sorted(REJECT_REASONS)
