@@ -26,6 +26,7 @@ from streams.metrics import PipelineMetrics
 from streams.partitions import partition_states
 from streams.redis_sink import RedisSink
 from streams.redis_view import RedisView
+from streams.security import broker_credentials, client_security
 from streams.settings import Settings
 from streams.tansu import install_end_offset_fix
 from streams.web import install_views
@@ -62,8 +63,12 @@ class ChurnwatchApp(faust.App):
 def faust_config(settings: Settings) -> dict[str, Any]:
     """Faust settings for throughput and quick start-up (see README, Performance)."""
     heartbeat = max(0.5, min(3.0, settings.session_timeout / 4))
+    # Faust passes these to its producer and consumers (whose client also creates the
+    # topics): the same TLS and SASL as churnwatch's own clients (streams/security.py).
+    credentials = broker_credentials(client_security(settings))
     return {
         "broker": settings.broker,
+        **({"broker_credentials": credentials} if credentials is not None else {}),
         "store": settings.store,
         "datadir": settings.datadir,
         "topic_partitions": settings.partitions,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -24,6 +25,7 @@ from streams.settings import Settings, SettingsError
 if TYPE_CHECKING:
     from retention.model import Model
     from retention.risk import RiskConfig
+    from streams.security import ClientSecurity
 
 app = typer.Typer(
     help="churnwatch: real-time customer retention and churn risk on Kafka.",
@@ -62,6 +64,27 @@ def _settings(**overrides: object) -> Settings:
         raise typer.Exit(2) from None
 
 
+def _kafka_security(settings: Settings, broker: str | None = None) -> ClientSecurity:
+    """The TLS and SASL of ``settings`` (on ``broker`` if given) for the clients, after
+    one bounded connect and login: a refused password or an untrusted certificate
+    ends the command within seconds naming the cause, where aiokafka would only log
+    it and raise a bare "Unable to bootstrap" (streams/security.py)."""
+    from streams.security import KafkaAccessError, check_access, client_security
+
+    try:
+        target = settings if broker is None else settings.replace(broker=broker)
+        security = client_security(target)
+        if security.protocol != "PLAINTEXT":
+            asyncio.run(check_access(target.bootstrap, security))
+    except SettingsError as exc:
+        console.print(f"[red]configuration error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    except KafkaAccessError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    return security
+
+
 def _paths(**paths: Path | None) -> dict[str, str | None]:
     """Path options as settings overrides (None: keep the environment's value)."""
     return {name: None if path is None else str(path) for name, path in paths.items()}
@@ -95,6 +118,7 @@ def worker(
     from streams.worker import run_worker
 
     settings = _settings(broker=broker, web_port=web_port, partitions=partitions)
+    _kafka_security(settings)
     run_worker(settings)
 
 
@@ -145,8 +169,13 @@ def produce(
     from streams.produce import publish
 
     settings = _settings(broker=broker)
+    security = _kafka_security(settings)
     asyncio.run(
-        create_topics(settings.bootstrap, dict.fromkeys(topics.ALL_TOPICS, settings.partitions))
+        create_topics(
+            settings.bootstrap,
+            dict.fromkeys(topics.ALL_TOPICS, settings.partitions),
+            security=security,
+        )
     )
     with _progress() as bar:
         task = bar.add_task("publishing", total=None)
@@ -156,6 +185,7 @@ def produce(
                 read_events(file, _format(fmt)),
                 rate=rate,
                 progress=lambda n: bar.update(task, completed=n),
+                security=security,
             )
         )
     console.print(
@@ -214,6 +244,8 @@ def replay(
 
     cut = _time(as_of, "--as-of")
     base = _settings(**_paths(model=model, risk=risk))
+    if broker is not None:  # embedded brokers are plaintext: replay() drops the security
+        _kafka_security(base, broker)
     lifecycle = Lifecycle(*_risk_setup(base), base.window)
     with _progress() as bar:
         published = bar.add_task("published", total=None)
@@ -556,6 +588,7 @@ def redis_rebuild(
     if not settings.redis_url:
         console.print("[red]no Redis:[/] pass --redis-url or set CHURNWATCH_REDIS_URL")
         raise typer.Exit(2)
+    _kafka_security(settings)
     with _progress() as bar:
         task = bar.add_task("views", total=None)
         result = asyncio.run(
@@ -591,9 +624,12 @@ def demo(
 ) -> None:
     """Run everything locally: embedded broker and Redis, a worker, a live event stream."""
     from streams.demo import DemoPlan, run_demo
+    from streams.security import without_security
 
     plan = DemoPlan(duration=duration, customers=customers, days=days, rate=rate, seed=seed)
-    run_demo(_settings(web_port=web_port), plan, console, redis=redis, embedded=_embedded(embedded))
+    # The embedded broker is plaintext: CHURNWATCH_ security is for external clusters.
+    settings = without_security(_settings(web_port=web_port))
+    run_demo(settings, plan, console, redis=redis, embedded=_embedded(embedded))
 
 
 def _embedded(kind: str) -> str:

@@ -2,6 +2,8 @@
 
 Provisioning, lag checks and topic dumps are needed by the CLI, the demo, replays
 and the integration tests; each helper opens its own clients and always closes them.
+Every public helper takes ``security`` (``streams.security``; None: plaintext) for
+secured clusters.
 
 Tansu 0.6 quirks handled here (each checked against the embedded broker):
 
@@ -35,6 +37,8 @@ from aiokafka.errors import (
     for_code,
 )
 
+from streams.security import ClientSecurity, client_kwargs
+
 #: Large fetches: dumps of changelogs and dead-letter topics are read in big batches.
 _FETCH = {
     "max_partition_fetch_bytes": 16 * 1024 * 1024,
@@ -52,8 +56,10 @@ class PartitionCountError(ValueError):
 
 
 @asynccontextmanager
-async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _admin(
+    bootstrap: str, security: ClientSecurity | None
+) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs(security))
     await admin.start()
     try:
         yield admin
@@ -62,9 +68,13 @@ async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
 
 
 @asynccontextmanager
-async def _consumer(bootstrap: str, **config: Any) -> AsyncIterator[AIOKafkaConsumer]:
+async def _consumer(
+    bootstrap: str, security: ClientSecurity | None, **config: Any
+) -> AsyncIterator[AIOKafkaConsumer]:
     """A group-less consumer: manual assignment, commits nothing, joins no group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **config)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **client_kwargs(security), **config
+    )
     await consumer.start()
     try:
         yield consumer
@@ -101,6 +111,7 @@ async def create_topics(
     config: Mapping[str, Mapping[str, str]] | None = None,
     replication: int = 1,
     timeout: float = 30.0,
+    security: ClientSecurity | None = None,
 ) -> None:
     """Create topics with these partition counts, then wait until every partition has a
     leader, so that producers and Faust workers started next see the final layout.
@@ -113,7 +124,7 @@ async def create_topics(
     """
     deadline = time.monotonic() + timeout
     configs = config or {}
-    async with _admin(bootstrap) as admin:
+    async with _admin(bootstrap, security) as admin:
         layout = await _topic_layout(admin)
         _check_counts(topics, layout)
         new = [
@@ -184,18 +195,23 @@ async def _high_watermarks(
     return result
 
 
-async def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+async def end_offsets(
+    bootstrap: str, topics: Iterable[str], *, security: ClientSecurity | None = None
+) -> dict[TopicPartition, int]:
     """The offset after the last record of every partition (the high watermark).
 
     Exists because ``AIOKafkaConsumer.end_offsets`` alone is wrong on Tansu; raises
     ``UnknownTopicError`` for missing topics rather than reporting them as empty.
     """
-    async with _admin(bootstrap) as admin, _consumer(bootstrap) as consumer:
+    async with _admin(bootstrap, security) as admin, _consumer(bootstrap, security) as consumer:
         return await _high_watermarks(consumer, await _partitions(admin, topics))
 
 
 async def high_watermarks(
-    bootstrap: str, partitions: Iterable[TopicPartition]
+    bootstrap: str,
+    partitions: Iterable[TopicPartition],
+    *,
+    security: ClientSecurity | None = None,
 ) -> dict[TopicPartition, int]:
     """``end_offsets`` for given partitions (which must exist)."""
     wanted = list(partitions)
@@ -206,7 +222,7 @@ async def high_watermarks(
         # CancelledError ended its recovery task for good, and that worker never
         # processed anything again (tests/integration/test_chaos.py, scaling).
         return {}
-    async with _consumer(bootstrap) as consumer:
+    async with _consumer(bootstrap, security) as consumer:
         return await _high_watermarks(consumer, wanted)
 
 
@@ -254,7 +270,11 @@ async def _committed(
 
 
 async def committed_offsets(
-    bootstrap: str, group_id: str, topics: Iterable[str]
+    bootstrap: str,
+    group_id: str,
+    topics: Iterable[str],
+    *,
+    security: ClientSecurity | None = None,
 ) -> dict[TopicPartition, int]:
     """The group's committed offset (next offset to consume) for every partition.
 
@@ -264,7 +284,7 @@ async def committed_offsets(
     That keeps ``end - committed`` the true lag instead of a negative or -1 sentinel.
     """
     topics = list(topics)
-    async with _admin(bootstrap) as admin, _consumer(bootstrap) as consumer:
+    async with _admin(bootstrap, security) as admin, _consumer(bootstrap, security) as consumer:
         return await _committed(admin, consumer, group_id, await _partitions(admin, topics))
 
 
@@ -281,14 +301,18 @@ async def _lag(
 
 
 async def consumer_lag(
-    bootstrap: str, group_id: str, topics: Iterable[str]
+    bootstrap: str,
+    group_id: str,
+    topics: Iterable[str],
+    *,
+    security: ClientSecurity | None = None,
 ) -> dict[TopicPartition, int]:
     """Records the group has yet to commit, per partition (never negative).
 
     Committed offsets are read before end offsets, so a record produced in between
     can only make the lag larger, never hide unprocessed input.
     """
-    async with _admin(bootstrap) as admin, _consumer(bootstrap) as consumer:
+    async with _admin(bootstrap, security) as admin, _consumer(bootstrap, security) as consumer:
         return await _lag(admin, consumer, group_id, list(topics))
 
 
@@ -300,6 +324,7 @@ async def wait_for_zero_lag(
     timeout: float,
     poll: float = 0.25,
     on_progress: Callable[[int], None] | None = None,
+    security: ClientSecurity | None = None,
 ) -> None:
     """Block until the group has committed everything in ``topics``: how replays and
     tests know the workers are done. ``on_progress`` gets the total lag at each poll.
@@ -308,7 +333,7 @@ async def wait_for_zero_lag(
     """
     topics = list(topics)
     deadline = time.monotonic() + timeout
-    async with _admin(bootstrap) as admin, _consumer(bootstrap) as consumer:
+    async with _admin(bootstrap, security) as admin, _consumer(bootstrap, security) as consumer:
         while True:
             lag = await _lag(admin, consumer, group_id, topics)
             total = sum(lag.values())
@@ -328,7 +353,7 @@ async def wait_for_zero_lag(
 
 
 async def _scan(
-    bootstrap: str, topic: str, stall_timeout: float
+    bootstrap: str, topic: str, stall_timeout: float, security: ClientSecurity | None
 ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
     """Batches of every partition of ``topic`` from its start up to the end offsets taken
     at call start, in offset order per partition; no group, so nothing is committed.
@@ -336,7 +361,10 @@ async def _scan(
     Raises ``TimeoutError`` if no record arrives for ``stall_timeout`` seconds while
     some are still due (a size limit, not a duration, bounds big topics).
     """
-    async with _admin(bootstrap) as admin, _consumer(bootstrap, **_FETCH) as consumer:
+    async with (
+        _admin(bootstrap, security) as admin,
+        _consumer(bootstrap, security, **_FETCH) as consumer,
+    ):
         partitions = await _partitions(admin, [topic])
         ends = await _high_watermarks(consumer, partitions)
         remaining = {tp: end for tp, end in ends.items() if end > 0}
@@ -366,26 +394,34 @@ async def _scan(
 
 
 async def read_all(
-    bootstrap: str, topic: str, *, stall_timeout: float = 30.0
+    bootstrap: str,
+    topic: str,
+    *,
+    stall_timeout: float = 30.0,
+    security: ClientSecurity | None = None,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` up to its end at call start, sorted by (partition,
     offset): lets tests assert on output topics such as the dead-letter topic."""
     records: list[ConsumerRecord[bytes, bytes]] = []
-    async for batch in _scan(bootstrap, topic, stall_timeout):
+    async for batch in _scan(bootstrap, topic, stall_timeout, security):
         records.extend(batch)
     records.sort(key=lambda r: (r.partition, r.offset))
     return records
 
 
 async def read_latest_by_key(
-    bootstrap: str, topic: str, *, stall_timeout: float = 30.0
+    bootstrap: str,
+    topic: str,
+    *,
+    stall_timeout: float = 30.0,
+    security: ClientSecurity | None = None,
 ) -> dict[bytes, bytes | None]:
     """The last value per key (None for a tombstone) of a topic read up to its end at
     call start: what a compacted changelog holds, without relying on compaction having
     run (Tansu never compacts). Keyless records are skipped.
     """
     latest: dict[bytes, bytes | None] = {}
-    async for batch in _scan(bootstrap, topic, stall_timeout):
+    async for batch in _scan(bootstrap, topic, stall_timeout, security):
         for record in batch:
             if record.key is not None:
                 latest[record.key] = record.value

@@ -13,7 +13,11 @@ ready when it answers a Metadata request, its heap is capped, and a watchdog she
 (as for Tansu, ``streams.broker``) stops it when this process dies in any way.
 
 Optionally it also listens with SASL_SSL (``SecureListener``): PLAIN and SCRAM users
-and a PEM key store the caller provides, for tests of secured clusters.
+and a PEM key store the caller provides, for tests of secured clusters. The key in
+it must be PKCS#8 ("BEGIN PRIVATE KEY", or "BEGIN ENCRYPTED PRIVATE KEY" with its
+``key_password``): Kafka's PEM reader parses no other form, and a traditional
+"BEGIN EC/RSA PRIVATE KEY" (what ``trustme`` writes) stops the broker at start with
+"algid parse error". An unencrypted key needs no ``ssl.key.password`` (Kafka 4.1).
 """
 
 from __future__ import annotations
@@ -80,11 +84,31 @@ def check_installed() -> tuple[str, Path]:
 class SecureListener:
     """A SASL_SSL listener: PEM key store (key + certificate chain) and its users.
 
-    ``users`` are created for PLAIN and for both SCRAM mechanisms."""
+    ``users`` are created for PLAIN and for both SCRAM mechanisms. With ``client_ca``
+    (PEM) every client must also present a certificate that CA signed (mutual TLS)."""
 
     keystore_pem: Path
     users: dict[str, str]
     port: int = field(default_factory=lambda: free_port("127.0.0.1"))
+    key_password: str | None = None
+    client_ca: Path | None = None
+
+    def check(self) -> None:
+        """``BrokerError`` for what would stop the broker or garble its config."""
+        text = self.keystore_pem.read_text(errors="replace")
+        kind = "ENCRYPTED PRIVATE KEY" if self.key_password else "PRIVATE KEY"
+        if f"-----BEGIN {kind}-----" not in text or "-----BEGIN CERTIFICATE-----" not in text:
+            raise BrokerError(
+                f"{self.keystore_pem}: a PEM key store needs a PKCS#8 key "
+                f"('BEGIN {kind}') and its certificate chain"
+            )
+        # The names and passwords go into JAAS quotes and --add-scram's [k=v,...] form.
+        unsafe = set('"\\,[]= \t\n')
+        if any(unsafe & set(item) for pair in self.users.items() for item in pair):
+            raise BrokerError(
+                "SASL user names and passwords here must not contain quotes, "
+                "backslashes, commas, brackets, '=' or whitespace"
+            )
 
 
 def _server_properties(
@@ -101,6 +125,9 @@ def _server_properties(
         "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
         f"log.dirs={data}",
         "num.partitions=1",
+        # As in docker-compose.yml and most managed clusters: a topic churnwatch did not
+        # create is an error, never silently made with a default partition count.
+        "auto.create.topics.enable=false",
         "offsets.topic.replication.factor=1",
         "offsets.topic.num.partitions=4",
         "transaction.state.log.replication.factor=1",
@@ -110,6 +137,9 @@ def _server_properties(
         "share.coordinator.state.topic.min.isr=1",
         "share.coordinator.state.topic.num.partitions=1",
         "group.initial.rebalance.delay.ms=0",
+        # Tests and replays run workers with session timeouts of 3 s for quick fail-over;
+        # Kafka refuses a member below this bound (InvalidSessionTimeout, default 6 s).
+        "group.min.session.timeout.ms=1000",
         # Small enough for a test machine, still a real compacting cleaner.
         "log.cleaner.dedupe.buffer.size=2097152",
         "log.cleaner.threads=1",
@@ -132,8 +162,17 @@ def _server_properties(
             "org.apache.kafka.common.security.scram.ScramLoginModule required;",
             "listener.name.sasl_ssl.ssl.keystore.type=PEM",
             f"listener.name.sasl_ssl.ssl.keystore.location={secure.keystore_pem}",
-            "listener.name.sasl_ssl.ssl.client.auth=none",
         ]
+        if secure.key_password is not None:
+            lines.append(f"listener.name.sasl_ssl.ssl.key.password={secure.key_password}")
+        if secure.client_ca is None:
+            lines.append("listener.name.sasl_ssl.ssl.client.auth=none")
+        else:
+            lines += [
+                "listener.name.sasl_ssl.ssl.client.auth=required",
+                "listener.name.sasl_ssl.ssl.truststore.type=PEM",
+                f"listener.name.sasl_ssl.ssl.truststore.location={secure.client_ca}",
+            ]
     lines[0:0] = [
         f"listeners={','.join(listeners)}",
         f"advertised.listeners={','.join(advertised)}",
@@ -220,7 +259,7 @@ class LocalKafka:
             return
         command = self._java(
             java, libs, "kafka.tools.StorageTool", "format",
-            "-t", _cluster_id(), "-c", str(config), "--ignore-formatted",
+            f"--cluster-id={_cluster_id()}", "-c", str(config), "--ignore-formatted",
         )  # fmt: skip
         for user, password in (self.secure.users if self.secure else {}).items():
             for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
@@ -235,6 +274,8 @@ class LocalKafka:
         if self.process is not None:
             raise BrokerError(f"kafka on {self.bootstrap} already started")
         java, libs = check_installed()
+        if self.secure is not None:
+            self.secure.check()
         self.datadir.mkdir(parents=True, exist_ok=True)
         config = self.datadir / "server.properties"
         config.write_text(

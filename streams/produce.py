@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from retention.timeutil import Micros
 from streams.inputs import Record
+from streams.security import ClientSecurity, client_kwargs
 
 _WINDOW = 5000  # sends in flight before waiting for acknowledgements
 
@@ -29,9 +30,10 @@ class PublishStats:
         return self.published / self.seconds if self.seconds > 0 else 0.0
 
 
-def producer_for(bootstrap: str) -> AIOKafkaProducer:
+def producer_for(bootstrap: str, security: ClientSecurity | None = None) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
+        **client_kwargs(security),
         linger_ms=10,
         max_batch_size=1024 * 1024,
         max_request_size=4 * 1024 * 1024,
@@ -46,6 +48,7 @@ async def publish(
     rate: float | None = None,
     before: Micros | None = None,
     progress: Callable[[int], None] | None = None,
+    security: ClientSecurity | None = None,
 ) -> PublishStats:
     """Send ``records``; with ``before``, skip events dated at or after it.
 
@@ -53,7 +56,7 @@ async def publish(
     Returns once every record is acknowledged by the broker.
     """
     stats = PublishStats()
-    producer = producer_for(bootstrap)
+    producer = producer_for(bootstrap, security)
     await producer.start()
     started = time.perf_counter()
     pending: list[asyncio.Future[object]] = []

@@ -19,6 +19,7 @@ from retention.risk import load_risk_config
 from retention.serving import customer_view
 from streams.redis_view import RedisView
 from streams.replay import collect
+from streams.security import client_security
 from streams.settings import Settings
 
 BATCH = 500
@@ -37,7 +38,9 @@ async def rebuild(
 ) -> RebuildResult:
     model = load_model(settings.model) if settings.model else None
     lifecycle = Lifecycle(load_risk_config(settings.risk or None), model, settings.window)
-    customers, _ = await collect(settings.bootstrap, settings.app_id)
+    customers, _ = await collect(
+        settings.bootstrap, settings.app_id, security=client_security(settings)
+    )
     view = RedisView(settings.redis_url, settings.redis_prefix)
     result = RebuildResult(customers=len(customers))
     try:

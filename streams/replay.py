@@ -26,7 +26,8 @@ from aiokafka import AIOKafkaProducer
 
 from retention.partition import PartitionState, decode_partition
 from retention.state import CustomerState, decode_state
-from retention.timeutil import Micros, from_micros
+from retention.timeutil import DAY, SECOND, Micros, from_micros, to_micros
+from schemas.decode import EventDecoder, Rejected
 from schemas.events import ClockTick
 from streams import topics
 from streams.embedded import Broker, describe, embedded_broker
@@ -40,6 +41,7 @@ from streams.kafka_admin import (
 )
 from streams.partitions import is_customer_key, is_partition_key
 from streams.produce import PublishStats, publish
+from streams.security import ClientSecurity, client_kwargs, client_security, without_security
 from streams.settings import Settings
 from streams.workers import WorkerProcess, free_port, local_settings
 
@@ -50,6 +52,47 @@ Order = Literal["time", "file"]
 def _event_time(record: Record) -> int:
     # Records whose time cannot be read sort first; the worker dead-letters them.
     return -1 if record.occurred_at is None else record.occurred_at
+
+
+#: The worker dead-letters an event more than this far ahead of its wall clock
+#: (``future_time``, ``MAX_FUTURE`` in agents/customers.py, which streams cannot import).
+_MAX_FUTURE = DAY
+
+
+def first_tick(records: list[Record], as_of: Micros, max_event_bytes: int) -> Micros | None:
+    """The earliest event time, before ``as_of``, of a record the worker accepts;
+    None when it accepts none.
+
+    Only accepted events count: a time read from a record the worker dead-letters
+    (year 1, a missing field) would either be a tick the worker dead-letters too,
+    counted in the replay's dead letters as if it were bad input, or open periods
+    long before any event the state holds.
+    """
+    decoder = EventDecoder(max_event_bytes)
+    future = round(time.time() * SECOND) + _MAX_FUTURE
+    dated = [r for r in records if r.occurred_at is not None and r.occurred_at < as_of]
+    # Earliest first, so that usually only the first record or few are decoded.
+    for record in sorted(dated, key=_event_time):
+        event = decoder.decode(topics.INPUT_TOPICS[record.topic], record.key, record.value)
+        if isinstance(event, Rejected):
+            continue
+        moment = to_micros(event.occurred_at)
+        if moment < as_of and moment <= future and _tick_accepted(decoder, moment):
+            return moment
+    return None
+
+
+def _tick_value(moment: Micros) -> bytes:
+    return msgspec.json.encode(ClockTick(time=from_micros(moment), source="replay"))
+
+
+def _tick_accepted(decoder: EventDecoder, moment: Micros) -> bool:
+    """Whether the worker's validation takes a replay tick at ``moment``."""
+    try:
+        value = _tick_value(moment)
+    except OverflowError:  # before year 1 or after 9999: not even a datetime
+        return False
+    return isinstance(decoder.decode_tick(value), ClockTick)
 
 
 @dataclass
@@ -66,6 +109,10 @@ class ReplayResult:
 
     @property
     def events(self) -> dict[str, int]:
+        """Input events, summed over the partition records. After the final tick
+        nothing waits, so consumed = valid + deadletter + duplicates (late is part of
+        valid): ticks are not counted as consumed, so the replay must never send one
+        that the worker dead-letters (see ``first_tick``)."""
         totals = {"consumed": 0, "valid": 0, "deadletter": 0, "duplicates": 0, "late": 0}
         for state in self.partitions:
             for name in totals:
@@ -119,10 +166,17 @@ def wait_settled(procs: list[WorkerProcess], partitions: int, timeout: float = 1
     raise TimeoutError(f"workers did not settle on {partitions} partitions in {timeout:.0f}s")
 
 
-async def send_ticks(bootstrap: str, partitions: int, moment: Micros) -> None:
-    """One clock tick at ``moment`` to every partition of the clock topic."""
-    value = msgspec.json.encode(ClockTick(time=from_micros(moment), source="replay"))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def send_ticks(
+    bootstrap: str, partitions: int, moment: Micros, security: ClientSecurity | None = None
+) -> None:
+    """One clock tick at ``moment`` to every partition of the clock topic.
+
+    Raises ``ValueError`` for a time the worker would dead-letter: a replay's own
+    ticks are never bad input."""
+    if not _tick_accepted(EventDecoder(), moment):
+        raise ValueError(f"no clock tick at {moment} µs since 1970: outside the supported range")
+    value = _tick_value(moment)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **client_kwargs(security))
     await producer.start()
     try:
         for partition in range(partitions):
@@ -132,16 +186,23 @@ async def send_ticks(bootstrap: str, partitions: int, moment: Micros) -> None:
 
 
 async def tick_and_wait(
-    bootstrap: str, app_id: str, partitions: int, moment: Micros, timeout: float = 120.0
+    bootstrap: str,
+    app_id: str,
+    partitions: int,
+    moment: Micros,
+    timeout: float = 120.0,
+    security: ClientSecurity | None = None,
 ) -> None:
     """A clock tick at ``moment`` to every partition, then wait until the group
     ``app_id`` has committed it: the periods and lapses due by then are done."""
-    await send_ticks(bootstrap, partitions, moment)
-    await wait_for_zero_lag(bootstrap, app_id, [topics.CLOCK], timeout=timeout)
-    await wait_applied(bootstrap, app_id, timeout=timeout)
+    await send_ticks(bootstrap, partitions, moment, security)
+    await wait_for_zero_lag(bootstrap, app_id, [topics.CLOCK], timeout=timeout, security=security)
+    await wait_applied(bootstrap, app_id, timeout=timeout, security=security)
 
 
-async def wait_applied(bootstrap: str, app_id: str, timeout: float = 120.0) -> None:
+async def wait_applied(
+    bootstrap: str, app_id: str, timeout: float = 120.0, security: ClientSecurity | None = None
+) -> None:
     """Wait until the partition records in the changelog show every record of every
     consumed topic applied to the state.
 
@@ -150,12 +211,12 @@ async def wait_applied(bootstrap: str, app_id: str, timeout: float = 120.0) -> N
     the partition's owner, see ``agents/customers.py``) while the owner reads those
     records again. Raises ``TimeoutError`` naming what is still behind.
     """
-    ends = await end_offsets(bootstrap, topics.CONSUMED_TOPICS)
+    ends = await end_offsets(bootstrap, topics.CONSUMED_TOPICS, security=security)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last: list[PartitionState] | None = None
     while True:
-        states = await collect(bootstrap, app_id, customers=False)
+        states = await collect(bootstrap, app_id, customers=False, security=security)
         applied = {(t, s.partition): offset for s in states for t, offset in s.offsets.items()}
         behind = sorted(
             f"{tp.topic}[{tp.partition}] at {applied.get((tp.topic, tp.partition), -1) + 1}"
@@ -175,22 +236,30 @@ async def wait_applied(bootstrap: str, app_id: str, timeout: float = 120.0) -> N
 
 @overload
 async def collect(
-    bootstrap: str, app_id: str
+    bootstrap: str, app_id: str, *, security: ClientSecurity | None = None
 ) -> tuple[dict[str, CustomerState], list[PartitionState]]: ...
 
 
 @overload
 async def collect(
-    bootstrap: str, app_id: str, *, customers: Literal[False]
+    bootstrap: str,
+    app_id: str,
+    *,
+    customers: Literal[False],
+    security: ClientSecurity | None = None,
 ) -> list[PartitionState]: ...
 
 
 async def collect(
-    bootstrap: str, app_id: str, *, customers: bool = True
+    bootstrap: str,
+    app_id: str,
+    *,
+    customers: bool = True,
+    security: ClientSecurity | None = None,
 ) -> tuple[dict[str, CustomerState], list[PartitionState]] | list[PartitionState]:
     """The latest customers and partition records in the table's changelog; with
     ``customers=False`` the partition records alone (no customer state decoded)."""
-    latest = await read_latest_by_key(bootstrap, topics.changelog_topic(app_id))
+    latest = await read_latest_by_key(bootstrap, topics.changelog_topic(app_id), security=security)
     states: dict[str, CustomerState] = {}
     partitions: list[PartitionState] = []
     for key, value in latest.items():
@@ -222,6 +291,10 @@ def replay(
     timeout: float = 1800.0,
 ) -> ReplayResult:
     base = base or Settings.from_env()
+    # The final tick, at as_of + lateness, must be one the worker accepts; say so
+    # before starting anything rather than after publishing the whole file.
+    if not _tick_accepted(EventDecoder(), as_of + base.lateness):
+        raise ValueError(f"as_of {from_micros(as_of).isoformat()} is outside the supported range")
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="churnwatch-")))
@@ -232,13 +305,21 @@ def replay(
             )
             stage(f"starting the {describe(target)} broker")
             stack.enter_context(target)
+            # Embedded brokers listen in plaintext only: security from the environment
+            # is for the external cluster, for these clients and the workers alike.
+            base = without_security(base)
         else:
             target = broker_url
         settings = local_settings(base, target, partitions, workdir)
         bootstrap = settings.bootstrap
+        security = client_security(settings)
         timings: dict[str, float] = {}
         stage(f"creating topics ({partitions} partitions)")
-        asyncio.run(create_topics(bootstrap, dict.fromkeys(topics.ALL_TOPICS, partitions)))
+        asyncio.run(
+            create_topics(
+                bootstrap, dict.fromkeys(topics.ALL_TOPICS, partitions), security=security
+            )
+        )
         stage("reading events")
         records = list(read_events(path, fmt))
         if order == "time":
@@ -246,11 +327,9 @@ def replay(
         # A first tick at the earliest event time, read before any event, opens the
         # periods every event falls in: which topic a worker happens to read first
         # must not decide where a partition's first period starts.
-        times = [
-            r.occurred_at for r in records if r.occurred_at is not None and r.occurred_at < as_of
-        ]
-        if times:
-            asyncio.run(send_ticks(bootstrap, partitions, min(times)))
+        first = first_tick(records, as_of, settings.max_event_bytes)
+        if first is not None:
+            asyncio.run(send_ticks(bootstrap, partitions, first, security))
         # The whole input is in the log before any worker reads: a topic is then read
         # to its end only when it is, which is what lets event-time alignment apply
         # every customer's events in order (agents/customers.py), so a replay's
@@ -262,6 +341,7 @@ def replay(
                 records,
                 before=as_of,
                 progress=None if progress is None else (lambda n: progress("published", n)),
+                security=security,
             )
         )
         timings["publish"] = published.seconds
@@ -289,6 +369,7 @@ def replay(
                 list(topics.INPUT_TOPICS),
                 timeout=timeout,
                 on_progress=on_lag,
+                security=security,
             )
         )
         processing = time.perf_counter() - began
@@ -297,11 +378,17 @@ def replay(
         # (nothing at or after as_of was published).
         stage("sending the final clock tick")
         asyncio.run(
-            tick_and_wait(bootstrap, settings.app_id, partitions, as_of + settings.lateness)
+            tick_and_wait(
+                bootstrap,
+                settings.app_id,
+                partitions,
+                as_of + settings.lateness,
+                security=security,
+            )
         )
         stage("collecting state from the changelog")
-        customers, parts = asyncio.run(collect(bootstrap, settings.app_id))
-        records = asyncio.run(read_all(bootstrap, topics.ALERTS))
+        customers, parts = asyncio.run(collect(bootstrap, settings.app_id, security=security))
+        records = asyncio.run(read_all(bootstrap, topics.ALERTS, security=security))
         alerts = [msgspec.json.decode(r.value) for r in records if r.value]
         return ReplayResult(
             as_of=as_of,

@@ -11,7 +11,8 @@ import dataclasses
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Final, Literal, get_args, get_type_hints
 
 from retention.apply import Policy
@@ -21,6 +22,8 @@ PREFIX: Final = "CHURNWATCH_"
 Period = Literal["day", "week", "month", "quarter"]
 ClockMode = Literal["live", "off"]
 BrokerQuirks = Literal["", "tansu"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class SettingsError(ValueError):
@@ -79,6 +82,19 @@ class Settings:
     model: str = ""
     #: Risk weights, thresholds and tiers (JSON); "" = the calibrated defaults.
     risk: str = ""
+    #: How every Kafka client connects: TLS (SSL), SASL, both, or neither.
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    #: A file holding the SASL password (a mounted secret), instead of SASL_PASSWORD.
+    sasl_password_file: str = ""
+    #: PEM file of the CAs that sign the brokers' certificates ("" = the system's).
+    ssl_cafile: str = ""
+    #: Client certificate (PEM, may hold the key too) for brokers that require one.
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_check_hostname: bool = True
 
     def __post_init__(self) -> None:
         _duration("activity_window", self.activity_window, allow_none=True)
@@ -99,6 +115,44 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}BROKER: expected kafka://host:port[;host:port], got {self.broker!r}"
             )
+        self._check_security()
+
+    def _check_security(self) -> None:
+        """Security settings that would be ignored or could never connect are errors:
+        a SASL user with a PLAINTEXT protocol must not silently connect without it."""
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        protocol = f"{PREFIX}SECURITY_PROTOCOL is {self.security_protocol}"
+        password_given = bool(self.sasl_password or self.sasl_password_file)
+        sasl_given = [
+            f"{PREFIX}{n.upper()}"
+            for n in ("sasl_username", "sasl_password", "sasl_password_file")
+            if getattr(self, n)
+        ]
+        if sasl_given and not sasl:
+            raise SettingsError(
+                f"{', '.join(sasl_given)} set but {protocol}: use SASL_PLAINTEXT or SASL_SSL"
+            )
+        if sasl and not self.sasl_username:
+            raise SettingsError(f"{PREFIX}SASL_USERNAME: required when {protocol}")
+        if sasl and not password_given:
+            raise SettingsError(
+                f"{PREFIX}SASL_PASSWORD (or SASL_PASSWORD_FILE): required when {protocol}"
+            )
+        if self.sasl_password and self.sasl_password_file:
+            raise SettingsError(
+                f"{PREFIX}SASL_PASSWORD_FILE: set either it or {PREFIX}SASL_PASSWORD, not both"
+            )
+        files = ("sasl_password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        for name in files:
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise SettingsError(f"{PREFIX}{name.upper()}: no such file: {path}")
+        given = [f"{PREFIX}{n.upper()}" for n in files[1:] if getattr(self, n)]
+        if given and not tls:
+            raise SettingsError(f"{', '.join(given)} set but {protocol}: use SSL or SASL_SSL")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise SettingsError(f"{PREFIX}SSL_KEYFILE: needs {PREFIX}SSL_CERTFILE too")
 
     @property
     def window(self) -> Micros | None:
@@ -153,6 +207,13 @@ class Settings:
 
 def _convert(name: str, raw: str, hint: Any) -> Any:
     env_name = PREFIX + name.upper()
+    if hint is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{env_name}: expected true or false, got {raw!r}")
     try:
         if hint is int:
             return int(raw)
