@@ -14,7 +14,7 @@ help: ## Show this help
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,rocksdb]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,rocksdb,bench]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install churnwatch with its dev tools (.venv/bin/churnwatch)

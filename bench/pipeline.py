@@ -16,7 +16,9 @@ input, so the ratios mean something on whatever machine runs it:
 6. the floor and one churnwatch worker again on CDNOW (69,659 real purchases of
    23,570 customers, from the ``lifetimes`` wheel), against a fresh broker: long
    real histories instead of generated ones;
-7. end-to-end latency at a fixed sub-saturation rate, from the record's Kafka
+7. anchors: the naive per-customer aggregate (count, spend, last time) on Quix Streams
+   and on Kafka Streams (``bench/anchors/``), on the same broker and input;
+8. end-to-end latency at a fixed sub-saturation rate, from the record's Kafka
    timestamp to its state written (the worker's latency histogram), p50 and p99.
 
 Rates are events per second from the first event processed to the last, not including
@@ -48,6 +50,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.anchors.runner import anchor_runs
 from retention.timeutil import from_micros, parse_time
 from streams import topics
 from streams.embedded import KINDS, Broker, embedded_broker
@@ -300,6 +303,8 @@ def measure_cdnow(path: Path, workdir: Path, kind: str) -> list[Run]:
         noted(runs, floor(settings, workdir, total, label=" (CDNOW)"))
         settings = local_settings(base, broker, PARTITIONS, workdir / "c1")
         noted(runs, churnwatch(settings, workdir, total, 1, label=" (CDNOW)"))
+        for run in anchor_runs(broker.bootstrap, total, workdir, label=" (CDNOW)"):
+            noted(runs, run)
     return runs
 
 
@@ -356,6 +361,7 @@ def main() -> None:
         )
         print(f"input: {len(records):,} events, {args.customers:,} customers", file=sys.stderr)
         runs: list[Run] = []
+        anchors: list[Run] = []
         with loaded_broker(workdir, records, args.embedded) as (broker, total):
             noted(runs, asyncio.run(ceiling(broker.bootstrap, total)))
             base = Settings()
@@ -365,6 +371,8 @@ def main() -> None:
             for workers in (1, 2):
                 settings = local_settings(base, broker, PARTITIONS, workdir / f"c{workers}")
                 noted(runs, churnwatch(settings, workdir, total, workers))
+            for run in anchor_runs(broker.bootstrap, total, workdir):
+                noted(anchors, run)
         cdnow_runs = []
         cdnow = None if args.cdnow == "none" else Path(args.cdnow) if args.cdnow else cdnow_path()
         if cdnow is not None:
@@ -373,10 +381,13 @@ def main() -> None:
             print("CDNOW_master.txt not found (is lifetimes installed?): CDNOW runs skipped")
         lat = latency(records, args.rate, args.latency_seconds, workdir, args.embedded)
     ceiling_run, floor_run, inline_run, writes_run, naive_run, single, double = runs
+    runs.extend(anchors)
     floor_rate = floor_run.rate
     one = single.rate
     print_runs("run", runs, floor_rate)
     print(f"\n2 workers / 1 worker: {double.rate / one:.2f}x")
+    for anchor in anchors:
+        print(f"churnwatch x1 / {anchor.name}: {one / anchor.rate:.2f}x")
     print(f"churnwatch x1 / naive table write per event: {one / naive_run.rate:.2f}x")
     print(f"churnwatch x1 / do-nothing agent on the same consumer: {one / inline_run.rate:.2f}")
     print_costs(floor_run, inline_run, writes_run, single)
