@@ -115,10 +115,16 @@ def worker(
     partitions: Annotated[int | None, typer.Option(help="Partitions of every topic")] = None,
 ) -> None:
     """Run a worker against a Kafka cluster (settings from CHURNWATCH_* variables)."""
+    from streams.preflight import session_bounds, session_timeout_problem
     from streams.worker import run_worker
 
     settings = _settings(broker=broker, web_port=web_port, partitions=partitions)
-    _kafka_security(settings)
+    security = _kafka_security(settings)
+    bounds = asyncio.run(session_bounds(settings.bootstrap, security))
+    problem = session_timeout_problem(settings, bounds)
+    if problem is not None:
+        console.print(f"[red]configuration error:[/] {escape(problem)}")
+        raise typer.Exit(2)
     run_worker(settings)
 
 

@@ -14,6 +14,7 @@ import pytest
 from streams.broker import BrokerError, _port_taken
 from streams.kafka_admin import create_topics, end_offsets
 from streams.kafka_local import KAFKA_VERSION, LocalKafka, check_installed
+from streams.preflight import session_bounds
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,3 +114,21 @@ def test_demo_reports_missing_kafka_jars_and_exits(
     )  # fmt: skip
     assert done.returncode == 2
     assert "make kafka" in done.stderr
+
+
+def test_worker_refuses_a_session_timeout_the_broker_would_refuse(tmp_path: Path) -> None:
+    """Kafka answers InvalidSessionTimeout to such a member, and aiokafka only logs it:
+    the worker ran without partitions for ever (seen on the first Kafka run of the
+    dashboards test, 3 s against Kafka's default minimum of 6 s)."""
+    with LocalKafka() as broker:
+        assert asyncio.run(session_bounds(broker.bootstrap)) == (1000, 1_800_000)
+        env = {**os.environ, "CHURNWATCH_BROKER": broker.url, "CHURNWATCH_SESSION_TIMEOUT": "0.5"}
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "CHURNWATCH_SESSION_TIMEOUT=0.5" in done.stderr
+    assert "group.min.session.timeout.ms" in done.stderr
+    assert time.monotonic() - started < 60
