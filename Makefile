@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools kafka check demo test lint typecheck unit agent integration reliability schemas dashboards bench soak replay-cdnow backtest-cdnow calibrate clean
+.PHONY: help install tools kafka check chaos-loop demo test lint typecheck unit agent integration reliability schemas dashboards bench soak replay-cdnow backtest-cdnow calibrate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -90,6 +90,15 @@ reliability: $(STAMP) tools kafka ## Chaos, duplicates/order, fuzz, recovery and
 	@mkdir -p out && rm -f out/reliability.jsonl
 	CHURNWATCH_RELIABILITY_OUT=$(CURDIR)/out/reliability.jsonl $(BIN)/pytest -m '' $(RELIABILITY_TESTS) $(PYTEST_ARGS); \
 	  status=$$?; $(BIN)/python -m tests.reliability out/reliability.jsonl; exit $$status
+
+CHAOS_RUNS ?= 10
+
+chaos-loop: $(STAMP) tools kafka ## Both chaos tests CHAOS_RUNS times in a row (default 10), stopping at the first failure
+	@for i in $$(seq 1 $(CHAOS_RUNS)); do \
+	  echo "== chaos pass $$i of $(CHAOS_RUNS) =="; \
+	  $(BIN)/pytest tests/integration/test_chaos.py -q -p no:cacheprovider $(PYTEST_ARGS) \
+	    || { echo "chaos pass $$i failed after $$((i - 1)) clean passes"; exit 1; }; \
+	done; echo "$(CHAOS_RUNS) of $(CHAOS_RUNS) chaos passes clean"
 
 dashboards: $(STAMP) ## Regenerate deploy/grafana/dashboards/ from deploy/grafana/build.py
 	$(BIN)/python deploy/grafana/build.py
