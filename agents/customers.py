@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import bisect
+import hashlib
 import logging
 import operator
 import time
@@ -77,7 +78,7 @@ from retention.periods import PeriodEngine
 from retention.state import CustomerState, decode_state, encode_state
 from retention.timeutil import DAY, SECOND, Micros, from_micros, to_micros
 from schemas.alert import AlertReason, AlertRecord, AlertSource
-from schemas.deadletter import DeadLetter
+from schemas.deadletter import DEADLETTER_MAX_BYTES, DeadLetter
 from schemas.decode import Rejected
 from schemas.events import Cancellation, ClockTick, Event, EventType, Feedback, Purchase, Signup
 from streams import topics
@@ -967,6 +968,8 @@ class CustomerBatch:
 
     def _send_dead_letter(self, message: Any, rejected: Rejected) -> None:
         value = message.value or b""
+        key = message.key
+        truncated = len(value) > DEADLETTER_MAX_BYTES or len(key or b"") > DEADLETTER_MAX_BYTES
         record = DeadLetter(
             reason=rejected.reason,
             detail=rejected.detail,
@@ -974,14 +977,20 @@ class CustomerBatch:
             partition=message.partition,
             offset=message.offset,
             timestamp_ms=None if message.timestamp is None else round(message.timestamp * 1000),
-            key_b64=None if message.key is None else base64.b64encode(message.key).decode(),
-            value_b64=base64.b64encode(value).decode(),
+            key_b64=None if key is None else _b64(key[:DEADLETTER_MAX_BYTES]),
+            value_b64=_b64(value[:DEADLETTER_MAX_BYTES]),
             size=len(value),
+            truncated=truncated,
+            sha256=hashlib.sha256(value).hexdigest() if truncated else None,
             received_at=datetime.now(UTC),
         )
-        self.deadletter.send_soon(
-            key=message.key, value=_JSON.encode(record), partition=message.partition
-        )
+        if key is not None and len(key) > DEADLETTER_MAX_BYTES:
+            key = key[:DEADLETTER_MAX_BYTES]
+        self.deadletter.send_soon(key=key, value=_JSON.encode(record), partition=message.partition)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 class _EventId(msgspec.Struct):

@@ -30,6 +30,12 @@ RejectReason = Literal[
 REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
 
 DEADLETTER_SCHEMA_VERSION: Final = 1
+#: Bytes of the original value (and key) a dead letter carries. A broker refuses a
+#: record over its ``max.message.bytes`` (Apache Kafka's default is 1 MiB), and base64
+#: adds a third: an input record near that size could not be dead-lettered whole.
+#: Beyond this the record carries a prefix, ``truncated``, the full ``size`` and the
+#: ``sha256`` of the whole value; the original stays at its coordinates in the input.
+DEADLETTER_MAX_BYTES: Final = 256 * 1024
 #: Standard base64 (with padding) of raw bytes, which need not be UTF-8.
 Base64 = Annotated[str, Meta(extra_json_schema={"contentEncoding": "base64"})]
 
@@ -44,6 +50,11 @@ class DeadLetter(Struct, kw_only=True, frozen=True):
     timestamp_ms: int | None
     key_b64: Base64 | None
     value_b64: Base64
+    #: Length of the original value, whole, even when ``value_b64`` holds a prefix.
     size: int
+    #: True when ``key_b64`` or ``value_b64`` holds only the first DEADLETTER_MAX_BYTES.
+    truncated: bool = False
+    #: Hex SHA-256 of the whole original value, to check a re-published fix against.
+    sha256: str | None = None
     # Always aware (UTC): the published schema then says RFC 3339 ``date-time``.
     received_at: Timestamp

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import random
 from collections import Counter
@@ -39,6 +40,7 @@ from aiokafka import AIOKafkaProducer
 
 from retention.state import CustomerState
 from retention.timeutil import to_micros
+from schemas.deadletter import DEADLETTER_MAX_BYTES
 from streams import topics
 from streams.generator import write_history
 from streams.history import fold_file
@@ -176,7 +178,17 @@ def test_a_worker_dead_letters_fuzzed_garbage_and_keeps_going(tmp_path: Path) ->
 
     with new_broker(tmp_path) as broker:
         bootstrap = broker.bootstrap
-        asyncio.run(create_topics(bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS)))
+        # Values over 1 MiB exist only on topics that allow them (Kafka's default
+        # max.message.bytes is 1 MiB): some producers' topics do, so the worker must
+        # cope, and its own dead letters must still fit the default on theirs.
+        large = {"max.message.bytes": str(2 * BIG)}
+        asyncio.run(
+            create_topics(
+                bootstrap,
+                dict.fromkeys(topics.ALL_TOPICS, PARTITIONS),
+                config=dict.fromkeys(topics.CONSUMED_TOPICS, large),
+            )
+        )
         settings = local_settings(Settings(), broker, PARTITIONS, tmp_path)
         worker = WorkerProcess(settings, tmp_path / "worker.log")
         worker.start()
@@ -215,9 +227,12 @@ def test_a_worker_dead_letters_fuzzed_garbage_and_keeps_going(tmp_path: Path) ->
     # Every rejected record, and only those, is on the dead-letter topic. Records are
     # re-sent after a redelivery: they are told apart by their source coordinates.
     letters = {}
+    record_bytes = {}
     for record in dead:
         letter = msgspec.json.decode(record.value)
-        letters[letter["topic"], letter["partition"], letter["offset"]] = (record.key, letter)
+        where = letter["topic"], letter["partition"], letter["offset"]
+        letters[where] = (record.key, letter)
+        record_bytes[where] = record.value
     expected = {
         (item.topic, item.partition, item.offset): (item, reason)
         for item, reason in zip(items, reasons, strict=True)
@@ -228,11 +243,20 @@ def test_a_worker_dead_letters_fuzzed_garbage_and_keeps_going(tmp_path: Path) ->
         key, letter = letters[where]
         assert letter["reason"] == reason, (where, letter["detail"])
         assert letter["detail"].isprintable(), letter["detail"]
-        assert base64.b64decode(letter["value_b64"]) == (item.value or b"")
+        value = item.value or b""
+        assert letter["size"] == len(value)
+        if len(value) > DEADLETTER_MAX_BYTES:  # a prefix, and the hash of the whole
+            assert letter["truncated"] is True
+            assert base64.b64decode(letter["value_b64"]) == value[:DEADLETTER_MAX_BYTES]
+            assert letter["sha256"] == hashlib.sha256(value).hexdigest()
+        else:
+            assert letter["truncated"] is False and letter["sha256"] is None
+            assert base64.b64decode(letter["value_b64"]) == value
         assert letter["key_b64"] == (
             None if item.key is None else base64.b64encode(item.key).decode()
         )
         assert key == item.key
+        assert len(record_bytes[where]) < 1024 * 1024  # fits Kafka's default max.message.bytes
     rejected = Counter(reason for reason in reasons if reason is not None)
     print("dead letters by reason:", dict(sorted(rejected.items())))
     assert rejected["too_large"] >= 2 and rejected["future_time"] >= 1
