@@ -41,6 +41,14 @@ records of the partition written before the partition record, and each deleted b
 later batch once the broker has acknowledged all of its alerts. A worker that takes a partition
 over sends the partition's outbox again (at least once; a repeat is byte for byte the
 same record, which consumers de-duplicate on ``(dedup_key, sequence)``).
+
+An input event read on a partition other than the one its key hashes to (a producer
+with another partitioner) is counted there as consumed and forwarded, and sent home
+on ``churnwatch.repartition`` the same way: in outbox records written before the
+partition record, sent after it, sent again by a new owner; its home recognises a
+forward sent again by its source offset. Each partition also announces how far it
+has read to the others, which align on it as on their own topics (streams/routing.py,
+agents/routing.py, ``PartitionState.align``).
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ from faust.streams import Stream, _current_event
 from faust.types import TP, EventT, StreamT
 from prometheus_client import Counter
 
+from agents.routing import Router
 from retention.alerts import Alert
 from retention.apply import apply, id_hash, money
 from retention.calendar import Calendar
@@ -81,7 +90,7 @@ from schemas.alert import AlertReason, AlertRecord, AlertSource
 from schemas.deadletter import DEADLETTER_MAX_BYTES, DeadLetter
 from schemas.decode import Rejected
 from schemas.events import Cancellation, ClockTick, Event, EventType, Feedback, Purchase, Signup
-from streams import topics
+from streams import routing, topics
 from streams.app import ChurnwatchApp
 from streams.partitions import (
     OUTBOX,
@@ -143,8 +152,12 @@ def handling(event: EventT) -> Iterator[None]:
 class CustomerBatch:
     """Processes one batch of input for the customer agent."""
 
-    def __init__(self, app: ChurnwatchApp) -> None:
+    def __init__(self, app: ChurnwatchApp, router: Router | None = None) -> None:
         self.app = app
+        #: Forwards input events read on a partition other than their key's home
+        #: (agents/routing.py); None, or not active: every event stays where it is read.
+        self.router = router
+        self.routing = False
         self.table = app.customers
         self.decoder = app.decoder
         self.policy = app.settings.policy
@@ -181,6 +194,7 @@ class CustomerBatch:
 
     def process(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
+        self.routing = self.router is not None and self.router.activate()
         by_partition: dict[int, list[EventT]] = defaultdict(list)
         writable = self._writable()
         stale = 0
@@ -277,6 +291,18 @@ class CustomerBatch:
                 if high is not None and last + 1 == high and (committed or 0) < high:
                     settled[tp] = high
         return settled
+
+    def announce(self) -> None:
+        """Announce the read progress of every partition owned, where it changed: a
+        partition that gets no batch (no input, no ticks) must not hold the others
+        back for good. Its forwards were all sent with the batches that read them."""
+        if self.router is None or self.fenced or not self.router.activate():
+            return
+        self.routing = True
+        now = time.monotonic()
+        for partition in assigned_partitions(self.app):
+            pstate = self._load_partition(partition)
+            self.router.announce(partition, pstate, self._idle(partition, pstate), now)
 
     async def seek_back(self) -> None:
         """Seek the topic partitions ``_redo`` asked to read again."""
@@ -504,6 +530,19 @@ class CustomerBatch:
         rejected: Event | ClockTick | Rejected
         if message.topic == topics.CLOCK:
             rejected = self.decoder.decode_tick(message.value)
+        elif message.topic == topics.REPARTITION:
+            record = routing.decode_record(message.value)
+            if isinstance(record, routing.Progress):
+                return
+            if record is None:
+                rejected = routing.NOT_ROUTED
+            else:
+                message = _forwarded(message, record)
+                rejected = self.decoder.decode(
+                    topics.INPUT_TOPICS[message.topic], message.key, message.value
+                )
+        elif self._home(message) is not None:
+            return  # forwarded, and dead-lettered (if at all) at its home
         else:
             rejected = self.decoder.decode(
                 topics.INPUT_TOPICS[message.topic], message.key, message.value
@@ -565,6 +604,7 @@ class CustomerBatch:
         counts: dict[tuple[str, str], int] = defaultdict(int)
         latencies: list[float] = []
         arrivals: list[Arrival] = []
+        forwards: list[tuple[bytes, bytes]] = []
         offsets = pstate.offsets
         for event in group:
             message = event.message
@@ -592,42 +632,35 @@ class CustomerBatch:
                 else:
                     self._reject(message, tick, pstate, redelivered, counts)
                 continue
-            kind: EventType = topics.INPUT_TOPICS[topic]
-            if not redelivered:
+            source: Any = message  # the event as read at its source
+            watermark = pstate.watermark
+            if topic == topics.REPARTITION:
+                routed = self._routed(pstate, message, redelivered, counts)
+                if routed is None:
+                    continue  # another partition's progress, a repeat, or not a record
+                source, watermark = routed
+            elif self._home(message) is not None:
+                self._forward(pstate, message, redelivered, counts, forwards)
+                continue
+            elif not redelivered:
                 pstate.consumed += 1
-                counts["consumed", kind] += 1
-            decoded = self.decoder.decode(kind, message.key, message.value)
-            if isinstance(decoded, Rejected):
-                self._reject(message, decoded, pstate, redelivered, counts)
-                continue
-            at = to_micros(decoded.occurred_at)
-            if at > future_limit:
-                rejected = Rejected("future_time", "occurred_at is more than a day ahead")
-                self._reject(message, rejected, pstate, redelivered, counts)
-                continue
-            if not redelivered:
-                cost = _money_of(decoded)
-                if pstate.money + cost > MONEY_BUDGET:
-                    rejected = Rejected(
-                        "amount_overflow",
-                        "the partition's money sums would leave 64-bit integers",
-                    )
-                    self._reject(message, rejected, pstate, redelivered, counts)
-                    continue
-                pstate.money += cost
-            if message.timestamp:
-                latencies.append(wall - message.timestamp)
-            arrivals.append(
-                Arrival(
-                    (at, id_hash(decoded.event_id), topic, message.offset),
-                    decoded,
-                    message,
-                    pstate.watermark,
-                    redelivered,
-                )
+                counts["consumed", topics.INPUT_TOPICS[topic]] += 1
+            arrival = self._arrival(
+                pstate, source, (topic, offset), watermark, redelivered, counts, future_limit
             )
-            pstate.observe(topic, at, INPUTS)
-        aligned = pstate.align(INPUT_NAMES, self._idle(partition, pstate), self.lateness)
+            if arrival is None:
+                continue
+            if source.timestamp:
+                latencies.append(wall - source.timestamp)
+            arrivals.append(arrival)
+            if topic == topics.REPARTITION:
+                pstate.received_at(arrival.order[0])
+            else:
+                pstate.observe(topic, arrival.order[0], INPUTS)
+        idle = self._idle(partition, pstate)
+        router = self.router if self.routing else None
+        peers = () if router is None else router.peers(partition)
+        aligned = pstate.align(INPUT_NAMES, idle, self.lateness, peers)
         waiting = PendingBuckets(table, partition, pstate)
         ready: list[Arrival] = []
         for arrival in arrivals:
@@ -655,19 +688,120 @@ class CustomerBatch:
                 ready = [a for a in ready if a.order[2:] not in waited]
                 ready.extend(released)
         ready.sort(key=_ORDER)
-        self._apply_ready(pstate, ready, counts, waiting, group[-1].message)
+        self._apply_ready(pstate, ready, counts, waiting, group[-1].message, forwards)
+        if router is not None:
+            # After this batch's forwards: what it announces was all sent before.
+            router.announce(partition, pstate, idle, time.monotonic())
         families: dict[str, dict[str, Counter]] = {
             "consumed": metrics.consumed,
             "valid": metrics.valid,
             "duplicate": metrics.duplicates,
             "late": metrics.late,
             "rejected": metrics.rejected,
+            "misrouted": metrics.misrouted,
         }
         for (family, label), n in counts.items():
             families[family][label].inc(n)
         observe = metrics.latency.observe
         for latency in latencies:
             observe(latency)
+
+    def _arrival(
+        self,
+        pstate: PartitionState,
+        message: Any,
+        read: tuple[str, int],
+        watermark: Micros | None,
+        redelivered: bool,
+        counts: dict[tuple[str, str], int],
+        future_limit: Micros,
+    ) -> Arrival | None:
+        """An input event validated, or None once dead-lettered. ``message`` is the
+        event as read at its source, ``read`` the topic and offset this partition
+        read it at (the repartition topic's, for a forwarded event), ``watermark`` the
+        one to judge its lateness by."""
+        kind: EventType = topics.INPUT_TOPICS[message.topic]
+        decoded = self.decoder.decode(kind, message.key, message.value)
+        if isinstance(decoded, Rejected):
+            self._reject(message, decoded, pstate, redelivered, counts)
+            return None
+        at = to_micros(decoded.occurred_at)
+        if at > future_limit:
+            rejected = Rejected("future_time", "occurred_at is more than a day ahead")
+            self._reject(message, rejected, pstate, redelivered, counts)
+            return None
+        if not redelivered:
+            cost = _money_of(decoded)
+            if pstate.money + cost > MONEY_BUDGET:
+                rejected = Rejected(
+                    "amount_overflow",
+                    "the partition's money sums would leave 64-bit integers",
+                )
+                self._reject(message, rejected, pstate, redelivered, counts)
+                return None
+            pstate.money += cost
+        order = (at, id_hash(decoded.event_id), *read)
+        return Arrival(order, decoded, message, watermark, redelivered)
+
+    def _home(self, message: Any) -> int | None:
+        """The partition an input message belongs to, if routing is on and that is
+        not the one it was read on."""
+        if not self.routing or self.router is None or message.topic not in topics.INPUT_TOPICS:
+            return None
+        return self.router.home(message)
+
+    def _forward(
+        self,
+        pstate: PartitionState,
+        message: Any,
+        redelivered: bool,
+        counts: dict[tuple[str, str], int],
+        forwards: list[tuple[bytes, bytes]],
+    ) -> None:
+        """An input event whose key belongs to another partition: counted here as
+        consumed and forwarded, sent there by ``_apply_ready`` (and counted there).
+        A redelivered one was in the outbox of the batch that first read it."""
+        if redelivered:
+            return
+        pstate.consumed += 1
+        pstate.forwarded += 1
+        counts["consumed", topics.INPUT_TOPICS[message.topic]] += 1
+        counts["misrouted", message.topic] += 1
+        forwards.append((message.key, routing.forward_value(message, pstate.watermark)))
+
+    def _routed(
+        self,
+        pstate: PartitionState,
+        message: Any,
+        redelivered: bool,
+        counts: dict[tuple[str, str], int],
+    ) -> tuple[_Source, Micros | None] | None:
+        """A record of the repartition topic: a forwarded event, as read at its source,
+        and the watermark to judge its lateness by (the lesser of this partition's and
+        its source's when it was read there, None if either is: forwarding takes time,
+        it does not make an event late); None once handled: another partition's
+        progress, a forward sent again, or a record of neither kind (dead-lettered,
+        counted as consumed)."""
+        record = routing.decode_record(message.value)
+        if isinstance(record, routing.Progress):
+            if not redelivered:  # else stored with the partition record already
+                pstate.peers[record.partition] = record.read
+            return None
+        if record is None:
+            if not redelivered:
+                pstate.consumed += 1
+            self._reject(message, routing.NOT_ROUTED, pstate, redelivered, counts)
+            return None
+        if not redelivered:
+            source = f"{record.topic}/{record.partition}"
+            if record.offset <= pstate.routed.get(source, -1):
+                return None  # sent again by a new owner of the source: counted once
+            pstate.routed[source] = record.offset
+            pstate.received += 1
+        watermark = pstate.watermark
+        if watermark is None or record.watermark is None:
+            return _forwarded(message, record), None  # as its source judged it: on time
+        return _forwarded(message, record), min(watermark, record.watermark)
 
     def _apply_ready(
         self,
@@ -676,6 +810,7 @@ class CustomerBatch:
         counts: dict[tuple[str, str], int],
         waiting: PendingBuckets,
         last: Any,
+        forwards: list[tuple[bytes, bytes]],
     ) -> None:
         table = self.table
         metrics = self.metrics
@@ -760,12 +895,17 @@ class CustomerBatch:
             pstate.move_risk(tiers_before.get(key), _summary(state))
         # The batch's alerts, kept in outbox records until the broker has them: a
         # record per OUTBOX_CHUNK alerts (a tick can raise tens of thousands at once,
-        # more than one changelog record may hold).
+        # more than one changelog record may hold). Forwards are kept the same way.
         records = [self._alert_record(alert, source) for alert, source in alerts]
         outboxes = [
-            (outbox_key(partition, records[i][0]), records[i : i + OUTBOX_CHUNK])
+            (
+                outbox_key(partition, records[i][0]),
+                [(key, value) for _, key, value in records[i : i + OUTBOX_CHUNK]],
+            )
             for i in range(0, len(records), OUTBOX_CHUNK)
         ]
+        first = pstate.forwarded - len(forwards)  # forwards are counted as read
+        outboxes.extend(routing.forward_outboxes(partition, first, forwards))
         # Outbox records of earlier batches whose alerts the broker has acknowledged
         # are deleted at the end; the partition record lists the others and this
         # batch's (a crash before the deletion leaves a record that is not listed,
@@ -782,7 +922,7 @@ class CustomerBatch:
         # due times the new states need, then customers, then what this batch took
         # out of buckets: see the module docstring.
         for stored, chunk in outboxes:
-            table[stored] = _OUTBOX_ENCODER.encode([(key, value) for _, key, value in chunk])
+            table[stored] = _OUTBOX_ENCODER.encode(chunk)
         waiting.write_added()
         table[partition_state_key(partition)] = encode_partition(pstate)
         self.written[partition] = dict(pstate.offsets)
@@ -797,8 +937,8 @@ class CustomerBatch:
         for stored in delivered:
             table.pop(stored, None)
         for stored, chunk in outboxes:
-            sent = [self._send_alert(partition, key, value) for _, key, value in chunk]
-            unacked.append((sent, stored))
+            send = self._sender(partition, stored)
+            unacked.append(([send(key, value) for key, value in chunk], stored))
         self.unacked[partition] = unacked
         # Counted per batch: a label lookup per alert costs more than the count.
         by_status: dict[tuple[str, str], int] = defaultdict(int)
@@ -817,6 +957,14 @@ class CustomerBatch:
     def _send_alert(self, partition: int, key: bytes, value: bytes) -> Any:
         return self.alerts_topic.send_soon(key=key, value=value, partition=partition)
 
+    def _sender(self, partition: int, stored: bytes) -> Callable[[bytes, bytes], Any]:
+        """How to send the records of the outbox record ``stored`` of ``partition``."""
+        if not routing.is_forward_outbox(stored):
+            return lambda key, value: self._send_alert(partition, key, value)
+        if self.router is None:  # cannot happen: only a router forwards
+            raise RuntimeError(f"forwards in {stored!r} and no router to send them")
+        return self.router.send
+
     def take_over(self, owned: Sequence[int]) -> int:
         """After a rebalance: send again the outbox of each partition this worker did
         not own before (``owned``: the partitions it owns now), whose alerts the
@@ -834,6 +982,8 @@ class CustomerBatch:
             del self.unacked[partition]  # the new owner sends them again
         # Partitions owned before: this worker's producer is delivering their alerts.
         new = self.owned - before
+        if self.router is not None:
+            self.router.forget(before ^ self.owned)  # announced afresh by their owners
         for partition in new:
             self.written.pop(partition, None)  # its record now comes from the changelog
         if not new:
@@ -860,7 +1010,8 @@ class CustomerBatch:
             self.unacked[partition] = []
             for stored, raw in sorted(entries):
                 records = _OUTBOX.decode(raw)
-                sent = [self._send_alert(partition, key, value) for key, value in records]
+                send = self._sender(partition, stored)
+                sent = [send(key, value) for key, value in records]
                 self.unacked[partition].append((sent, stored))
                 resent += len(records)
         return resent
@@ -1058,7 +1209,8 @@ class Arrival(NamedTuple):
 
 
 class _Source(NamedTuple):
-    """What ``_alert_record`` and ``_apply_ready`` read of a message, for released events."""
+    """What ``_alert_record`` and ``_apply_ready`` read of a message, for released
+    and forwarded events."""
 
     topic: str
     partition: int
@@ -1066,6 +1218,14 @@ class _Source(NamedTuple):
     key: bytes
     value: bytes
     timestamp: float | None
+
+
+def _forwarded(message: Any, record: routing.Forward) -> _Source:
+    """A forwarded event as it was read at its source: its topic (hence its type),
+    partition, offset, timestamp and value; keyed as the repartition record is."""
+    return _Source(
+        record.topic, record.partition, record.offset, message.key, record.value, record.timestamp
+    )
 
 
 class PendingBuckets:
@@ -1105,9 +1265,11 @@ class PendingBuckets:
         # batch that crashed before its partition record, which therefore never
         # counted it (and ``add`` only sees events new to the partition record).
         self.pstate.pending += 1
+        value = message.value
+        if topic == topics.REPARTITION:  # forwarded: stored as read, wrapped
+            value = routing.forward_value(message, arrival.watermark)
         bucket[topic, offset] = (
-            topic, offset, at, tie, message.key, message.value, arrival.watermark,
-            message.timestamp,
+            topic, offset, at, tie, message.key, value, arrival.watermark, message.timestamp,
         )  # fmt: skip
         self.added.add(day)
         _note_day(self.pstate.pending_days, day)
@@ -1140,8 +1302,12 @@ class PendingBuckets:
                     pstate.pending -= 1
                     if pstate.released is None or order > pstate.released:
                         pstate.released = order
-                event = decoder.decode(topics.INPUT_TOPICS[topic], key, value)
                 source = _Source(topic, self.partition, offset, key, value, timestamp)
+                if topic == topics.REPARTITION:
+                    record = routing.decode_record(value)
+                    assert isinstance(record, routing.Forward)  # as it was when stored
+                    source = _forwarded(source, record)
+                event = decoder.decode(topics.INPUT_TOPICS[source.topic], key, source.value)
                 out.append(Arrival(order, event, source, watermark, counted))
             if len(gone) < len(bucket):
                 break  # the rest of this day is still waiting
@@ -1347,6 +1513,10 @@ HOLD_BATCHES = 1
 #: moved up to it (``CustomerBatch.settled``).
 SETTLE_SECONDS = 5.0
 
+#: How often each partition's read progress is announced to the others, if it changed
+#: (``CustomerBatch.announce``; a batch announces it too).
+PROGRESS_SECONDS = 0.5
+
 #: How long a revocation waits for this worker's writes to reach the broker: well
 #: under any rebalance timeout, and far more than a healthy broker needs.
 REVOKE_FLUSH_SECONDS = 10.0
@@ -1376,7 +1546,15 @@ async def flush_writes(app: ChurnwatchApp, timeout: float = REVOKE_FLUSH_SECONDS
 
 def install(app: ChurnwatchApp) -> None:
     settings = app.settings
-    batch = CustomerBatch(app)
+    repartition = app.topic(
+        topics.REPARTITION,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    batch = CustomerBatch(app, Router(app, repartition))
 
     async def _flush_on_revoke(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
         batch.fence()
@@ -1397,6 +1575,10 @@ def install(app: ChurnwatchApp) -> None:
         _seek_after_faust(app, batch.sought)
 
     app.on_rebalance_complete.connect(cast(Any, _resume))
+
+    @app.timer(PROGRESS_SECONDS, name="announce-progress")
+    async def announce_progress() -> None:
+        batch.announce()
 
     @app.timer(SETTLE_SECONDS, name="settle-commits")
     async def settle_commits() -> None:

@@ -25,6 +25,17 @@ MONEY_BUDGET = 2**62
 RiskSummary = tuple[str, int, int]
 
 
+class PeerProgress(msgspec.Struct, array_like=True, frozen=True):
+    """How far another partition has read its own part of the input topics, as it
+    last announced it (agents/routing.py): per topic, the highest event time of its
+    own customers' events read (``frontiers``), and the topics read to their end
+    (``idle``). Every event of this partition's customers read there before that is
+    forwarded here, and is on the repartition topic ahead of the announcement."""
+
+    frontiers: dict[str, Micros] = msgspec.field(default_factory=dict)
+    idle: tuple[str, ...] = ()
+
+
 class PartitionState(msgspec.Struct, kw_only=True):
     """The record of one input partition.
 
@@ -86,8 +97,31 @@ class PartitionState(msgspec.Struct, kw_only=True):
     #: (a customer's spend, a period's revenue, MRR) is at most this, so keeping it
     #: under ``MONEY_BUDGET`` keeps them all within 64-bit integers.
     money: int = 0
+    #: Input events read here whose key hashes to another partition (misrouted by
+    #: their producer): counted in ``consumed`` here, forwarded to that partition and
+    #: counted there, once, in ``received`` and as valid, dead letter or duplicate.
+    #: Per partition, consumed + received = valid + deadletter + duplicates +
+    #: pending + forwarded; over all partitions, once every forward is read,
+    #: consumed = valid + deadletter + duplicates + pending.
+    forwarded: int = 0
+    received: int = 0
+    #: Per source ("topic/partition"), the highest source offset of a forwarded event
+    #: read here: a forward sent again (by a new owner of the source partition, from
+    #: its outbox) is recognised by it and neither applied nor counted again.
+    routed: dict[str, int] = msgspec.field(default_factory=dict)
+    #: Highest event time of a forwarded event read here (not a topic's frontier:
+    #: forwards come from every other partition, each at its own pace).
+    routed_frontier: Micros | None = None
+    #: The latest read progress each other partition announced (``align``).
+    peers: dict[int, PeerProgress] = msgspec.field(default_factory=dict)
 
-    def align(self, topics: Iterable[str], idle: Container[str], slack: Micros) -> Micros | None:
+    def align(
+        self,
+        topics: Iterable[str],
+        idle: Container[str],
+        slack: Micros,
+        peers: Iterable[int] = (),
+    ) -> Micros | None:
         """Move ``aligned`` to the least highest event time, less ``slack`` (the
         allowed lateness: how far a topic's own events may be out of order), of the
         topics that still have input to read; a topic read to its end (``idle``)
@@ -95,10 +129,16 @@ class PartitionState(msgspec.Struct, kw_only=True):
         With every topic read to its end, everything read so far is aligned, up to
         the latest clock tick if that is later.
 
+        ``peers``: the other partitions, whose producers may have put events of this
+        partition's customers there (forwarded here): each of their topics with input
+        left holds this partition back as its own do, at the frontier the peer last
+        announced, and a peer not heard from yet holds it back entirely.
+
         Never moves back: a topic that was idle and gets new input only makes its
         new events wait or, if older than ``aligned``, be applied out of order, as is
         an event more than ``slack`` behind its own topic's frontier.
         """
+        topics = tuple(topics)
         held: list[Micros] = []
         for topic in topics:
             if topic in idle:
@@ -107,12 +147,26 @@ class PartitionState(msgspec.Struct, kw_only=True):
             if frontier is None:
                 return self.aligned  # a topic with input but nothing read yet
             held.append(frontier - slack)
+        for peer in peers:
+            progress = self.peers.get(peer)
+            if progress is None:
+                return self.aligned  # may still forward anything
+            for topic in topics:
+                if topic in progress.idle:
+                    continue
+                frontier = progress.frontiers.get(topic)
+                if frontier is None:
+                    return self.aligned
+                held.append(frontier - slack)
         if held:
             candidate = min(held)
         else:
             # Nothing left to read: up to the latest event or clock tick seen, as the
             # watermark (a tick says no input is older than the tick's time).
-            seen = [*self.frontiers.values(), *([] if self.clock is None else [self.clock])]
+            seen = [*self.frontiers.values()]
+            for moment in (self.routed_frontier, self.clock):
+                if moment is not None:
+                    seen.append(moment)
             if not seen:
                 return self.aligned
             candidate = max(seen)
@@ -155,6 +209,11 @@ class PartitionState(msgspec.Struct, kw_only=True):
             self.frontiers[topic] = moment
             if len(self.frontiers) >= inputs:
                 self._advance(min(self.frontiers.values()))
+
+    def received_at(self, moment: Micros) -> None:
+        """A forwarded event at ``moment`` was read (``routed_frontier``)."""
+        if self.routed_frontier is None or moment > self.routed_frontier:
+            self.routed_frontier = moment
 
     def tick(self, moment: Micros) -> None:
         if self.clock is None or moment > self.clock:

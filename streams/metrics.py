@@ -29,6 +29,7 @@ from retention.state import MONEY_UNIT
 from retention.timeutil import DAY, SECOND
 from schemas.deadletter import REJECT_REASONS
 from schemas.events import EVENT_TYPES
+from streams.topics import INPUT_TOPICS
 
 KINDS = (*EVENT_TYPES, "tick")
 #: In the order of PeriodBook.rolling_feedback.
@@ -59,6 +60,11 @@ PERIOD_GAUGES: dict[str, tuple[str, str, float]] = {
 }
 #: Cohorts exported (the newest) and month offsets per cohort: a bounded label set.
 COHORT_MONTHS = 12
+#: PartitionState counters exported per partition: consumed + received = valid +
+#: deadletter + duplicates + pending + forwarded (retention/partition.py).
+PARTITION_OUTCOMES = (
+    "consumed", "valid", "deadletter", "duplicates", "late", "pending", "forwarded", "received",
+)  # fmt: skip
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -147,7 +153,7 @@ class PartitionCollector(Collector):
                 seconds = state.watermark / SECOND
                 watermark.add_metric([label], seconds)
                 lag.add_metric([label], now - seconds)
-            for outcome in ("consumed", "valid", "deadletter", "duplicates", "late", "pending"):
+            for outcome in PARTITION_OUTCOMES:
                 events.add_metric([label, outcome], getattr(state, outcome))
             book = state.periods
             if state.watermark is not None:
@@ -252,6 +258,17 @@ class PipelineMetrics:
             kind: duplicates.labels(kind) for kind in EVENT_TYPES
         }
         self.late: dict[str, Counter] = {kind: late.labels(kind) for kind in EVENT_TYPES}
+        self.misrouted = _children(
+            Counter(
+                "churnwatch_events_misrouted",
+                "Input events read on a partition other than the one their key hashes to "
+                "(murmur2, as Faust and the Java client partition), by topic: forwarded "
+                "there through churnwatch.repartition",
+                ["topic"],
+                registry=self.registry,
+            ),
+            INPUT_TOPICS,
+        )
         self.latency = Histogram(
             "churnwatch_event_latency_seconds",
             "From the input record's Kafka timestamp to its state being written",

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -112,8 +112,10 @@ class ReplayResult:
         """Input events, summed over the partition records. After the final tick
         nothing waits, so consumed = valid + deadletter + duplicates (late is part of
         valid): ticks are not counted as consumed, so the replay must never send one
-        that the worker dead-letters (see ``first_tick``)."""
+        that the worker dead-letters (see ``first_tick``). ``forwarded``: those read on
+        a partition other than their key's (streams/routing.py), counted at home."""
         totals = {"consumed": 0, "valid": 0, "deadletter": 0, "duplicates": 0, "late": 0}
+        totals["forwarded"] = 0
         for state in self.partitions:
             for name in totals:
                 totals[name] += getattr(state, name)
@@ -289,6 +291,9 @@ def replay(
     stage: Stage = lambda _: None,
     progress: Callable[[str, int], None] | None = None,
     timeout: float = 1800.0,
+    # How the records get to the broker: ``publish``'s signature (tests publish with
+    # other clients, and their partitioners, to show it makes no difference).
+    publisher: Callable[..., Coroutine[Any, Any, PublishStats]] = publish,
 ) -> ReplayResult:
     base = base or Settings.from_env()
     # The final tick, at as_of + lateness, must be one the worker accepts; say so
@@ -336,7 +341,7 @@ def replay(
         # alerts depend on the input alone, not on how fast it was published.
         stage("publishing events")
         published = asyncio.run(
-            publish(
+            publisher(
                 bootstrap,
                 records,
                 before=as_of,

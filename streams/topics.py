@@ -13,6 +13,9 @@ FEEDBACK: Final = "customer.feedback"
 CLOCK: Final = "churnwatch.clock"
 DEADLETTER: Final = "churnwatch.deadletter"
 ALERTS: Final = "churnwatch.alerts"
+#: Input events read on a partition other than the one their key hashes to, sent on
+#: to that one, and every partition's read progress (streams/routing.py).
+REPARTITION: Final = "churnwatch.repartition"
 
 INPUT_TOPICS: Final[dict[str, EventType]] = {
     SIGNUPS: "signup",
@@ -24,7 +27,7 @@ TOPIC_FOR_TYPE: Final[dict[EventType, str]] = {kind: name for name, kind in INPU
 
 #: Topics the worker consumes together; they must share one partition count so that
 #: a customer's events and its clock ticks land on the same worker.
-CONSUMED_TOPICS: Final = (*INPUT_TOPICS, CLOCK)
+CONSUMED_TOPICS: Final = (*INPUT_TOPICS, CLOCK, REPARTITION)
 #: Every topic churnwatch expects to exist, for provisioning.
 ALL_TOPICS: Final = (*CONSUMED_TOPICS, DEADLETTER, ALERTS)
 

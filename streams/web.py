@@ -32,7 +32,7 @@ from retention.risk import TIERS
 from retention.serving import customer_view
 from retention.state import decode_state
 from streams import topics
-from streams.partitions import assigned_partitions
+from streams.partitions import assigned_partitions, partition_states
 from streams.redis_view import MAX_LIMIT, view_json
 
 if TYPE_CHECKING:
@@ -112,6 +112,7 @@ def install_views(app: ChurnwatchApp) -> None:
                 "partitions": partitions,
                 "recovering": recovering,
                 "broker": {"url": app.settings.broker, "assigned_topic_partitions": assigned},
+                "routing": _routing(app),
             }
             sink = app.redis_sink
             if app.redis_view is None or sink is None:
@@ -188,6 +189,20 @@ def install_views(app: ChurnwatchApp) -> None:
             return self.json(
                 {"tier": tier, "segment": segment, "count": len(customers), "customers": customers}
             )
+
+
+def _routing(app: ChurnwatchApp) -> dict[str, int]:
+    """Misrouted input on the partitions this worker owns, exact and recovered with
+    their state: events read here whose key hashes to another partition (forwarded
+    there), and forwarded events read here."""
+    try:
+        states = partition_states(app, app.customers)
+    except Exception:  # the table is not readable yet (starting up)
+        states = []
+    return {
+        "misrouted": sum(state.forwarded for state in states),
+        "received": sum(state.received for state in states),
+    }
 
 
 async def _route(app: ChurnwatchApp, view: View, request: Request, key: bytes) -> Response:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from schemas.decode import EventDecoder, Rejected
 from streams import topics
+from streams.routing import NOT_ROUTED, decode_record
 
 DECODER = EventDecoder()
 
@@ -16,6 +17,8 @@ def reason_for(topic: str, key: bytes | None, value: bytes | None, now: datetime
     if topic == topics.CLOCK:
         tick = DECODER.decode_tick(value)
         return tick.reason if isinstance(tick, Rejected) else None
+    if topic == topics.REPARTITION:  # only what the worker itself forwards belongs there
+        return None if decode_record(value) else NOT_ROUTED.reason
     decoded = DECODER.decode(topics.INPUT_TOPICS[topic], key, value)
     if isinstance(decoded, Rejected):
         return decoded.reason
