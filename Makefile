@@ -55,24 +55,25 @@ typecheck: $(STAMP) ## mypy on the package
 	$(BIN)/mypy
 
 #: The soak test (2 minutes of one worker at a fixed 250 events/s, which it barely
-#: loads) runs alongside the rest of the suite rather than after it; its output is
-#: printed when both are done, and either failing fails the target.
+#: loads) and then the unit and agent tiers (no broker; CPU-bound) run alongside the
+#: integration tier, which spends most of its time waiting on brokers and workers;
+#: their output is printed when all are done, and any failing fails the target.
 SOAK_TEST = tests/integration/test_soak.py
-
-check: lint typecheck ## Lint, type-check, unit and agent tiers: no broker, a few minutes
-	$(BIN)/pytest tests/unit tests/agent -q $(PYTEST_ARGS)
 
 test: tools kafka lint typecheck ## Lint, type-check and run every test tier (integration on Apache Kafka)
 	@mkdir -p out; \
-	$(BIN)/pytest $(SOAK_TEST) -p no:cacheprovider --basetemp=$(CURDIR)/out/soak-tmp \
-	  > out/soak-test.log 2>&1 & soak=$$!; \
-	trap 'kill $$soak 2>/dev/null' INT TERM; \
-	echo "$(SOAK_TEST) runs alongside (output in out/soak-test.log)"; \
-	$(BIN)/pytest --ignore=$(SOAK_TEST) $(PYTEST_ARGS); status=$$?; \
-	wait $$soak; soak_status=$$?; \
+	{ $(BIN)/pytest $(SOAK_TEST) -p no:cacheprovider --basetemp=$(CURDIR)/out/soak-tmp \
+	    > out/soak-test.log 2>&1; echo $$? > out/soak-test.status; \
+	  $(BIN)/pytest tests/unit tests/agent -p no:cacheprovider $(PYTEST_ARGS) \
+	    > out/units-test.log 2>&1; echo $$? > out/units-test.status; } & side=$$!; \
+	trap 'kill $$side 2>/dev/null' INT TERM; \
+	echo "$(SOAK_TEST), then tests/unit and tests/agent, run alongside (out/soak-test.log, out/units-test.log)"; \
+	$(BIN)/pytest tests/integration --ignore=$(SOAK_TEST) $(PYTEST_ARGS); status=$$?; \
+	wait $$side; soak_status=$$(cat out/soak-test.status); units_status=$$(cat out/units-test.status); \
 	echo "---- $(SOAK_TEST), run alongside the suite ----"; cat out/soak-test.log; \
-	echo "suite exit $$status, soak exit $$soak_status"; \
-	[ $$status -eq 0 ] && [ $$soak_status -eq 0 ]
+	echo "---- tests/unit and tests/agent, run alongside the suite ----"; cat out/units-test.log; \
+	echo "integration exit $$status, soak exit $$soak_status, unit+agent exit $$units_status"; \
+	[ $$status -eq 0 ] && [ $$soak_status -eq 0 ] && [ $$units_status -eq 0 ]
 
 unit: $(STAMP) ## Pure unit tests only
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

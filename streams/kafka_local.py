@@ -188,8 +188,10 @@ def _cluster_id() -> str:
 class LocalKafka:
     """One supervised Apache Kafka process; usable as a context manager.
 
-    ``datadir`` None: a temporary folder, removed on ``stop``. A given one is kept
-    (a restart on it keeps every topic); it is formatted only when still empty."""
+    ``datadir`` None: a temporary folder, removed on ``stop``. A given one is kept; it
+    is formatted only when still empty. ``keep``: the data will be used again (a
+    restart on the same datadir), so ``stop`` is a controlled shutdown (2-3 s here);
+    otherwise nothing on disk matters after ``stop`` and it kills the broker at once."""
 
     kind = "kafka"
     quirks = ""
@@ -201,6 +203,7 @@ class LocalKafka:
         log_path: Path | None = None,
         datadir: Path | None = None,
         secure: SecureListener | None = None,
+        keep: bool = False,
     ) -> None:
         if host != "127.0.0.1":
             raise BrokerError("the local Apache Kafka listens on 127.0.0.1 only")
@@ -209,6 +212,7 @@ class LocalKafka:
         self.controller_port = free_port(host)
         self.log_path = log_path
         self.secure = secure
+        self.keep = keep
         self._own_datadir = datadir is None
         self.datadir = datadir or Path(tempfile.mkdtemp(prefix="churnwatch-kafka-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -331,12 +335,13 @@ class LocalKafka:
         return "\n".join(texts[-lines:]) or "(log empty)"
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM (a controlled shutdown), SIGKILL after ``timeout``; safe to repeat."""
+        """SIGTERM (a controlled shutdown) when ``keep``, else SIGKILL; SIGKILL after
+        ``timeout`` in any case; safe to repeat."""
         process, self.process = self.process, None
         atexit.unregister(self.stop)
         if process is not None and process.stdin is not None:
             process.stdin.close()
-        stop_process_group(process, timeout)
+        stop_process_group(process, timeout, kill=not self.keep)
         if process is not None:
             wait_group_gone(process.pid, timeout)
             port_freed_within(self.host, self.port, 5)

@@ -56,7 +56,7 @@ def test_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
 
 
 def test_restart_on_its_datadir_keeps_topics(tmp_path: Path) -> None:
-    broker = LocalKafka(datadir=tmp_path / "data")
+    broker = LocalKafka(datadir=tmp_path / "data", keep=True)
     with broker:
         asyncio.run(create_topics(broker.bootstrap, {"kept": 3}))
     with broker:
