@@ -31,7 +31,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
 from aiokafka import AIOKafkaClient
 
@@ -129,7 +129,67 @@ def port_freed_within(host: str, port: int, seconds: float) -> bool:
     return True
 
 
-class EmbeddedBroker:
+class SupervisedBroker:
+    """What both supervised brokers (Tansu here, Apache Kafka in ``streams.kafka_local``)
+    share: the address forms and the context-manager protocol around start/stop."""
+
+    host: str
+    port: int
+    process: subprocess.Popen[bytes] | None
+    #: Seconds from spawn until the broker answered, once started.
+    ready_seconds: float | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port``, for aiokafka's ``bootstrap_servers``."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``kafka://host:port``, Faust's form of the broker address."""
+        return f"kafka://{self.bootstrap}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 30.0) -> Self:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def _wait_ready(
+        self, process: subprocess.Popen[bytes], deadline: float, timeout: float
+    ) -> None:
+        raise NotImplementedError
+
+    def _await_ready(
+        self, process: subprocess.Popen[bytes], started: float, timeout: float
+    ) -> None:
+        """Wait until the spawned broker answers, stopped again if it does not; an
+        ``atexit`` stop covers a parent that exits normally without stopping it."""
+        atexit.register(self.stop)
+        try:
+            self._wait_ready(process, started + timeout, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.ready_seconds = time.monotonic() - started
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedBroker(SupervisedBroker):
     """One supervised Tansu process with in-memory storage; usable as a context manager."""
 
     kind = "tansu"
@@ -146,21 +206,7 @@ class EmbeddedBroker:
         self.ready_seconds: float | None = None
         self._log: IO[bytes] | None = None
 
-    @property
-    def bootstrap(self) -> str:
-        """``host:port``, for aiokafka's ``bootstrap_servers``."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``kafka://host:port``, Faust's form of the broker address."""
-        return f"kafka://{self.bootstrap}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def start(self, timeout: float = 30.0) -> EmbeddedBroker:
+    def start(self, timeout: float = 30.0) -> Self:
         """Spawn Tansu and return once it answers Kafka requests (``BrokerError`` if not)."""
         if self.process is not None:
             raise BrokerError(f"broker on {self.bootstrap} already started")
@@ -182,13 +228,7 @@ class EmbeddedBroker:
             start_new_session=True,  # its own group: stop() signals the group
             env={**os.environ, "NO_COLOR": "1", "RUST_BACKTRACE": "0"},
         )  # fmt: skip
-        atexit.register(self.stop)
-        try:
-            self._wait_ready(self.process, started + timeout, timeout)
-        except BaseException:
-            self.stop()
-            raise
-        self.ready_seconds = time.monotonic() - started
+        self._await_ready(self.process, started, timeout)
         return self
 
     def _wait_ready(
@@ -246,14 +286,3 @@ class EmbeddedBroker:
 
     def _port_freed_within(self, seconds: float) -> bool:
         return port_freed_within(self.host, self.port, seconds)
-
-    def __enter__(self) -> EmbeddedBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

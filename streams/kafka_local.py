@@ -32,10 +32,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
-from streams.broker import WATCHDOG, BrokerError, free_port, port_freed_within, probe
+from streams.broker import (
+    WATCHDOG,
+    BrokerError,
+    SupervisedBroker,
+    free_port,
+    port_freed_within,
+    probe,
+)
 from streams.processes import stop_process_group, wait_group_gone
 
 #: The Apache Kafka release churnwatch is tested against (docker-compose.yml too).
@@ -185,7 +191,7 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-class LocalKafka:
+class LocalKafka(SupervisedBroker):
     """One supervised Apache Kafka process; usable as a context manager.
 
     ``datadir`` None: a temporary folder, removed on ``stop``. A given one is kept; it
@@ -218,18 +224,6 @@ class LocalKafka:
         self.process: subprocess.Popen[bytes] | None = None
         self.ready_seconds: float | None = None
         self._log: IO[bytes] | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"kafka://{self.bootstrap}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def _java(self, java: str, libs: Path, *args: str) -> list[str]:
         logs = self.datadir / "logs"
@@ -273,7 +267,7 @@ class LocalKafka:
             output = (done.stdout + done.stderr).decode(errors="replace")
             raise BrokerError(f"kafka storage format failed ({done.returncode}):\n{output}")
 
-    def start(self, timeout: float = 60.0) -> LocalKafka:
+    def start(self, timeout: float = 60.0) -> Self:
         """Format (when new), spawn, and return once it answers Metadata requests."""
         if self.process is not None:
             raise BrokerError(f"kafka on {self.bootstrap} already started")
@@ -295,13 +289,7 @@ class LocalKafka:
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
             start_new_session=True,
         )  # fmt: skip
-        atexit.register(self.stop)
-        try:
-            self._wait_ready(self.process, started + timeout, timeout)
-        except BaseException:
-            self.stop()
-            raise
-        self.ready_seconds = time.monotonic() - started
+        self._await_ready(self.process, started, timeout)
         return self
 
     def _wait_ready(
@@ -350,14 +338,3 @@ class LocalKafka:
             self._log = None
         if self._own_datadir:
             shutil.rmtree(self.datadir, ignore_errors=True)
-
-    def __enter__(self) -> LocalKafka:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -23,3 +23,21 @@ def new_broker(workdir: Path, name: str = "broker", kind: str | None = None) -> 
     return embedded_broker(
         kind or KIND, log_path=workdir / f"{name}.log", datadir=workdir / f"{name}-data"
     )
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a process of this id is alive (a reaped child's id is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def group_alive(group: int) -> bool:
+    """Whether any process of this process group is left."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

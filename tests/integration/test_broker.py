@@ -5,7 +5,6 @@ work-around is involved, on Tansu as well."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from streams.kafka_admin import (
     read_latest_by_key,
     wait_for_zero_lag,
 )
+from tests.brokers import pid_exists
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +58,6 @@ def listening(port: int) -> bool:
             if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
                 return True
     return False
-
-
-def pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:

@@ -15,25 +15,10 @@ from streams.broker import BrokerError, _port_taken
 from streams.kafka_admin import create_topics, end_offsets
 from streams.kafka_local import KAFKA_VERSION, LocalKafka, check_installed
 from streams.preflight import session_bounds
+from tests.brokers import group_alive, pid_exists
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
