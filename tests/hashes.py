@@ -1,0 +1,119 @@
+"""Hashes of what the in-process customer processor computes: the proof that a
+restructure changed no behaviour.
+
+``python -m tests.hashes`` runs ``tests.inprocess.Run`` (the agent's batch logic, one
+partition, batches of 500 in event-time order, then a final tick) over
+
+- ``generated``: ``streams.generator.write_history(path, CUSTOMERS, 365, 1, END)``
+  with bench/pipeline.py's END, the events dated before END;
+- ``cdnow``: lifetimes' CDNOW_master.txt, the events dated before 1998-07-01;
+
+and prints, per input, one hash over every customer record (the table's raw bytes),
+every partition record's figures (decoded, keys sorted: independent of the order of
+the record's fields) and every alert record less ``observed_at`` (in send order).
+Two further lines per input are stricter or wider: ``table``, every key and raw value
+of the table (outbox, due and waiting buckets included); ``deadletters``, every dead
+letter less ``received_at``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+
+from retention.partition import decode_partition
+from retention.timeutil import Micros, from_micros, parse_time
+from streams.generator import write_history
+from streams.inputs import Record, read_events
+from streams.partitions import is_customer_key, is_partition_key
+from tests.inprocess import Run
+
+END = "2025-07-01T00:00:00Z"  # bench/pipeline.py's
+CDNOW_END = "1998-07-01T00:00:00Z"
+CUSTOMERS = 5000
+BATCH = 500
+
+
+def cdnow_path() -> Path:
+    import lifetimes  # type: ignore[import-untyped]
+
+    return Path(lifetimes.__file__).parent / "datasets" / "CDNOW_master.txt"
+
+
+def dated_before(records: list[Record], end: Micros) -> list[Record]:
+    kept = [r for r in records if r.occurred_at is None or r.occurred_at < end]
+    kept.sort(key=lambda r: -1 if r.occurred_at is None else r.occurred_at)
+    return kept
+
+
+def run(records: list[Record], as_of: Micros) -> Run:
+    result = Run(records, as_of)
+    result.feed(records, [BATCH], random.Random(0))
+    return result
+
+
+def hashes(result: Run) -> dict[str, str]:
+    main = hashlib.sha256()
+    table = hashlib.sha256()
+    for key in sorted(result.table):
+        value = result.table[key]
+        table.update(b"%d:%s%d:%s" % (len(key), key, len(value), value))
+        if is_customer_key(key):
+            main.update(b"customer %d:%s%d:%s" % (len(key), key, len(value), value))
+        elif is_partition_key(key):
+            figures = msgspec.to_builtins(decode_partition(value))
+            main.update(b"partition " + json.dumps(figures, sort_keys=True).encode())
+    for value in result.app.alerts_topic.values:
+        alert = json.loads(value)
+        del alert["observed_at"]
+        main.update(b"alert " + json.dumps(alert, sort_keys=True).encode())
+    dead = hashlib.sha256()
+    for value in result.app.deadletter_topic.values:
+        letter = json.loads(value)
+        del letter["received_at"]
+        dead.update(json.dumps(letter, sort_keys=True).encode())
+    return {"hash": main.hexdigest(), "table": table.hexdigest(), "deadletters": dead.hexdigest()}
+
+
+def report(name: str, records: list[Record], as_of: Micros) -> None:
+    started = time.perf_counter()
+    result = run(records, as_of)
+    seconds = time.perf_counter() - started
+    customers = sum(1 for key in result.table if is_customer_key(key))
+    alerts = len(result.app.alerts_topic.values)
+    print(
+        f"{name}: {len(records):,} events, {customers:,} customers, {alerts:,} alerts, "
+        f"{seconds:.1f} s",
+        file=sys.stderr,
+    )
+    for label, digest in hashes(result).items():
+        print(f"{name} {label} {digest}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=CUSTOMERS)
+    parser.add_argument("--only", choices=("generated", "cdnow"))
+    args = parser.parse_args()
+    if args.only != "cdnow":
+        end = parse_time(END)
+        with tempfile.TemporaryDirectory(prefix="churnwatch-hashes-") as tmp:
+            path = Path(tmp) / "history.jsonl"
+            write_history(path, args.customers, 365, 1, from_micros(end))
+            records = dated_before(list(read_events(path, "jsonl")), end)
+        report("generated", records, end)
+    if args.only != "generated":
+        end = parse_time(CDNOW_END)
+        report("cdnow", dated_before(list(read_events(cdnow_path(), "cdnow")), end), end)
+
+
+if __name__ == "__main__":
+    main()
