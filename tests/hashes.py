@@ -83,12 +83,12 @@ def hashes(result: Run) -> dict[str, str]:
         elif is_partition_key(key):
             figures = msgspec.to_builtins(decode_partition(value))
             main.update(b"partition " + json.dumps(figures, sort_keys=True).encode())
-    for value in result.app.alerts_topic.values:
+    for value in result.alerts_sent.values:
         alert = json.loads(value)
         del alert["observed_at"]
         main.update(b"alert " + json.dumps(alert, sort_keys=True).encode())
     dead = hashlib.sha256()
-    for value in result.app.deadletter_topic.values:
+    for value in result.deadletters_sent.values:
         letter = json.loads(value)
         del letter["received_at"]
         dead.update(json.dumps(letter, sort_keys=True).encode())
@@ -100,7 +100,7 @@ def report(name: str, records: list[Record], as_of: Micros) -> None:
     result = run(records, as_of)
     seconds = time.perf_counter() - started
     customers = sum(1 for key in result.table if is_customer_key(key))
-    alerts = len(result.app.alerts_topic.values)
+    alerts = len(result.alerts_sent.values)
     print(
         f"{name}: {len(records):,} events, {customers:,} customers, {alerts:,} alerts, "
         f"{seconds:.1f} s",
