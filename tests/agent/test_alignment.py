@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from retention.timeutil import parse_time
 from streams import topics
 from streams.inputs import Record
 from streams.partitions import OUTBOX, partition_state_key
-from tests.inprocess import Run, generated_history
+from tests.inprocess import Run, Sent, generated_history
 
 AS_OF = parse_time("2025-07-01T00:00:00Z")
 
@@ -159,13 +158,11 @@ def test_alerts_not_acknowledged_are_sent_again_by_the_next_owner(
     outbox = [key for key in run.table if key.startswith(OUTBOX)]
     assert 1 < len(outbox) < len(sent)  # a record per batch with alerts, none acknowledged
 
-    again: list[bytes] = []
+    again = Sent()
     successor = CustomerBatch(run.parts)
-    successor.outbox.alerts = SimpleNamespace(
-        send_soon=lambda key, value, partition: again.append(value)
-    )
+    successor.outbox.alerts = again
     assert successor.take_over([0]) == len(sent)
-    assert sorted(again) == sorted(sent)
+    assert sorted(again.values) == sorted(sent)
     assert successor.take_over([0]) == 0  # still owned after another rebalance: not again
 
     # The partition record lists the outbox, so a new owner reads those keys alone;
