@@ -48,7 +48,14 @@ log = logging.getLogger(__name__)
 
 
 class CustomerBatch:
-    """Processes the customer agent's batches of input, one after the other."""
+    """Processes the customer agent's batches of input, one after the other.
+
+    Its lifecycle, as the agent (agents/customers.py) drives it: ``process`` each
+    batch, then carry out ``seeks``; at a revocation ``fence`` (apply nothing); once
+    the rebalance is complete ``unfence``, ``take_over`` the partitions now owned,
+    and ``sought`` once the consumer is at the recovered state's offsets; from time
+    to time ``announce`` read progress and commit what ``settled`` gives.
+    """
 
     def __init__(self, parts: Parts, router: Router | None = None) -> None:
         settings = parts.settings
