@@ -8,13 +8,12 @@ customer agent relies on for counting exactly under at-least-once delivery.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import faust
 
 from retention.partition import PartitionState, decode_partition
 from streams import topics
-
-if TYPE_CHECKING:  # the processor imports these keys without importing Faust
-    import faust
 
 
 def partition_state_key(partition: int) -> bytes:
@@ -22,17 +21,16 @@ def partition_state_key(partition: int) -> bytes:
 
 
 def due_bucket_key(partition: int, day: int) -> bytes:
-    """Customers of ``partition`` due for re-assessment on UTC ``day`` (processor/due.py)."""
+    """Customers of ``partition`` due for re-assessment on UTC ``day`` (see agents)."""
     return b"\x00due/%d/%d" % (partition, day)
 
 
 def pending_bucket_key(partition: int, day: int) -> bytes:
-    """Events of ``partition`` on UTC ``day`` waiting for the aligned time (processor/
-    alignment.py)."""
+    """Events of ``partition`` on UTC ``day`` waiting for the aligned time (see agents)."""
     return b"\x00pending/%d/%d" % (partition, day)
 
 
-#: Key prefix of alerts sent and not yet known to be acknowledged (processor/outbox.py).
+#: Key prefix of alerts sent and not yet known to be acknowledged (see agents).
 OUTBOX = b"\x00outbox/"
 
 
@@ -41,7 +39,7 @@ def outbox_prefix(partition: int) -> bytes:
 
 
 def outbox_key(partition: int, alert_id: str) -> bytes:
-    """An alert of ``partition`` until the broker acknowledged it (processor/outbox.py)."""
+    """An alert of ``partition`` until the broker acknowledged it (see agents)."""
     return outbox_prefix(partition) + alert_id.encode()
 
 
