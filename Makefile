@@ -60,6 +60,9 @@ typecheck: $(STAMP) ## mypy on the package
 #: their output is printed when all are done, and any failing fails the target.
 SOAK_TEST = tests/integration/test_soak.py
 
+check: lint typecheck ## Lint, type-check, unit and agent tiers: no broker, a few minutes
+	$(BIN)/pytest tests/unit tests/agent -q -p no:cacheprovider $(PYTEST_ARGS)
+
 test: tools kafka lint typecheck ## Lint, type-check and run every test tier (integration on Apache Kafka)
 	@mkdir -p out; \
 	{ $(BIN)/pytest $(SOAK_TEST) -p no:cacheprovider --basetemp=$(CURDIR)/out/soak-tmp \
