@@ -159,10 +159,37 @@ class SupervisedBroker:
     def stop(self, timeout: float = 10.0) -> None:
         raise NotImplementedError
 
+    #: How the broker is named in errors, and what its readiness probe asks.
+    name = "broker"
+    answers = "Kafka requests"
+    poll_seconds = 0.05
+
+    def _tail(self) -> str:
+        raise NotImplementedError
+
     def _wait_ready(
         self, process: subprocess.Popen[bytes], deadline: float, timeout: float
     ) -> None:
-        raise NotImplementedError
+        """Probe until the broker answers; ``BrokerError`` with its log tail if it exits
+        or the deadline passes. The exit is checked after each probe: Tansu exits 0 when
+        it failed to bind, and the probe may then have been answered by whatever owns
+        the port, so an exit seen after the probe wins over its answer."""
+        while True:
+            answered = probe(self.bootstrap)
+            code = process.poll()
+            if code is not None:
+                raise BrokerError(
+                    f"{self.name} on {self.bootstrap} exited with code {code} while "
+                    f"starting; log tail:\n{self._tail()}"
+                )
+            if answered:
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"{self.name} did not answer {self.answers} on {self.bootstrap} within "
+                    f"{timeout:g}s; log tail:\n{self._tail()}"
+                )
+            time.sleep(self.poll_seconds)
 
     def _await_ready(
         self, process: subprocess.Popen[bytes], started: float, timeout: float
@@ -193,6 +220,7 @@ class EmbeddedBroker(SupervisedBroker):
     """One supervised Tansu process with in-memory storage; usable as a context manager."""
 
     kind = "tansu"
+    name = "tansu"
     #: The work-arounds workers on this broker need (``Settings.broker_quirks``).
     quirks = "tansu"
 
@@ -230,26 +258,6 @@ class EmbeddedBroker(SupervisedBroker):
         )  # fmt: skip
         self._await_ready(self.process, started, timeout)
         return self
-
-    def _wait_ready(
-        self, process: subprocess.Popen[bytes], deadline: float, timeout: float
-    ) -> None:
-        while True:
-            answered = probe(self.bootstrap)
-            code = process.poll()
-            if code is not None:  # Tansu exits 0 even when it failed to bind
-                raise BrokerError(
-                    f"tansu on {self.bootstrap} exited with code {code} while starting; "
-                    f"log tail:\n{self._tail()}"
-                )
-            if answered:
-                return
-            if time.monotonic() > deadline:
-                raise BrokerError(
-                    f"tansu did not answer Kafka requests on {self.bootstrap} within "
-                    f"{timeout:g}s; log tail:\n{self._tail()}"
-                )
-            time.sleep(0.05)
 
     def _tail(self, lines: int = 20) -> str:
         if self._log is not None:

@@ -40,7 +40,6 @@ from streams.broker import (
     SupervisedBroker,
     free_port,
     port_freed_within,
-    probe,
 )
 from streams.processes import stop_process_group, wait_group_gone
 
@@ -200,6 +199,9 @@ class LocalKafka(SupervisedBroker):
     otherwise nothing on disk matters after ``stop`` and it kills the broker at once."""
 
     kind = "kafka"
+    name = "kafka"
+    answers = "Metadata"
+    poll_seconds = 0.2
     quirks = ""
 
     def __init__(
@@ -292,26 +294,7 @@ class LocalKafka(SupervisedBroker):
         self._await_ready(self.process, started, timeout)
         return self
 
-    def _wait_ready(
-        self, process: subprocess.Popen[bytes], deadline: float, timeout: float
-    ) -> None:
-        while True:
-            code = process.poll()
-            if code is not None:
-                raise BrokerError(
-                    f"kafka on {self.bootstrap} exited with code {code} while starting; "
-                    f"log tail:\n{self.tail()}"
-                )
-            if probe(self.bootstrap):
-                return
-            if time.monotonic() > deadline:
-                raise BrokerError(
-                    f"kafka did not answer Metadata on {self.bootstrap} within {timeout:g}s; "
-                    f"log tail:\n{self.tail()}"
-                )
-            time.sleep(0.2)
-
-    def tail(self, lines: int = 30) -> str:
+    def _tail(self, lines: int = 30) -> str:
         if self._log is not None:
             self._log.flush()
         texts = []

@@ -284,7 +284,7 @@ def replay(
     order: Order = "time",
     partitions: int = 4,
     workers: int = 1,
-    broker_url: str | None = None,
+    broker_url: str | Broker | None = None,
     embedded: str = "tansu",
     base: Settings | None = None,
     workdir: Path | None = None,
@@ -303,6 +303,8 @@ def replay(
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="churnwatch-")))
+        # A URL is any (dedicated, empty) Kafka; a Broker object one churnwatch started,
+        # here or by the caller, whose work-arounds (quirks) its workers then get.
         target: Broker | str
         if broker_url is None:
             target = embedded_broker(
@@ -310,11 +312,12 @@ def replay(
             )
             stage(f"starting the {describe(target)} broker")
             stack.enter_context(target)
+        else:
+            target = broker_url
+        if not isinstance(target, str):
             # Embedded brokers listen in plaintext only: security from the environment
             # is for the external cluster, for these clients and the workers alike.
             base = without_security(base)
-        else:
-            target = broker_url
         settings = local_settings(base, target, partitions, workdir)
         bootstrap = settings.bootstrap
         security = client_security(settings)

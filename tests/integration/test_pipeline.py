@@ -85,7 +85,7 @@ def test_bad_records_are_dead_lettered_and_counts_add_up(tmp_path: Path) -> None
             path,
             parse_time("2024-06-01T00:00:00Z"),
             partitions=3,
-            broker_url=broker.url,
+            broker_url=broker,
             base=Settings(),
             workdir=tmp_path,
         )

@@ -103,7 +103,7 @@ def test_alerts_and_dead_letters_validate_against_their_published_schemas(
             parse_time(END),
             partitions=2,
             workers=1,
-            broker_url=broker.url,
+            broker_url=broker,
             base=Settings(),
             workdir=tmp_path,
         )

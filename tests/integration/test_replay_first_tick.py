@@ -61,7 +61,7 @@ def test_out_of_range_times_dead_letter_exactly_the_bad_records(tmp_path: Path) 
             parse_time(AS_OF),
             partitions=3,
             workers=1,
-            broker_url=broker.url,
+            broker_url=broker,
             base=Settings(),
             workdir=tmp_path,
         )
