@@ -39,7 +39,7 @@ from typing import Any, cast
 import faust
 from faust.streams import Stream
 
-from agents.customers import handling
+from agents.delivery import handling
 from streams import topics
 from streams.app import QUIET_LOGGERS, faust_config, producer_buffer_size
 from streams.consumer import InlineTransport

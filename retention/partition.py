@@ -1,11 +1,13 @@
 """State of one input partition: its event-time clock and exact counters.
 
 Counters must survive restarts and must not double-count redelivered input, so
-the partition records the highest offset it has processed per source topic: a
-message at or below it is a redelivery, applied again (idempotently) but not
-counted again. The worker writes this record before the customer records of the
-same batch into the same changelog partition, so after a crash the record is
-never older than the customer states it describes (see ``agents/customers.py``).
+the record also carries the processor's bookkeeping: the highest offset processed
+per source topic (a message at or below it is a redelivery, applied again,
+idempotently, but not counted again), the offsets before the last batch, the keys
+of the outbox, the sources of forwarded events. Those fields are part of the stored
+record, so they are declared here with the rest (one msgpack map, its field order
+unchanged); what is done with them lives in the processor (processor/partition.py,
+processor/commit.py), not here.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ RiskSummary = tuple[str, int, int]
 
 class PeerProgress(msgspec.Struct, array_like=True, frozen=True):
     """How far another partition has read its own part of the input topics, as it
-    last announced it (agents/routing.py): per topic, the highest event time of its
+    last announced it (processor/routing.py): per topic, the highest event time of its
     own customers' events read (``frontiers``), and the topics read to their end
     (``idle``). Every event of this partition's customers read there before that is
     forwarded here, and is on the repartition topic ahead of the announcement."""
@@ -66,7 +68,7 @@ class PartitionState(msgspec.Struct, kw_only=True):
     #: ``offsets`` as they were before the batch that last wrote this record: that
     #: batch's customer records follow this record in the changelog and a crash may
     #: have cut them off, so a new owner resumes reading from here (see
-    #: ``agents/customers.py``, ``resume_offsets``) and redoes the batch, uncounted.
+    #: processor/partition.py, ``resume_offsets``) and redoes the batch, uncounted.
     previous: dict[str, int] = msgspec.field(default_factory=dict)
     periods: PeriodBook = msgspec.field(default_factory=PeriodBook)
     #: UTC days that have a bucket of customers due for re-assessment (sorted).
@@ -223,15 +225,6 @@ class PartitionState(msgspec.Struct, kw_only=True):
     def _advance(self, moment: Micros) -> None:
         if self.watermark is None or moment > self.watermark:
             self.watermark = moment
-
-    def resume_offsets(self) -> dict[str, int]:
-        """Per source topic, the first offset whose effects may be missing from the
-        state recovered with this record."""
-        return {topic: offset + 1 for topic, offset in self.previous.items()}
-
-    def processed(self, topic: str, offset: int) -> None:
-        if offset > self.offsets.get(topic, -1):
-            self.offsets[topic] = offset
 
 
 _ENCODER = msgspec.msgpack.Encoder()

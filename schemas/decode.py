@@ -26,7 +26,7 @@ _DETAIL_MAX: Final = 300
 #: 0001-9999, but the period calendar cannot step before year 1 or past 9999: an event
 #: dated 0001-01-01 (less the allowed lateness) or a tick in 9999 crashed the agent.
 #: Events get a loose upper bound because the worker rejects anything more than a day
-#: ahead of its clock anyway (``future_time``, agents/customers.py); ticks a tight one,
+#: ahead of its clock anyway (``future_time``, processor/intake.py); ticks a tight one,
 #: because a tick opens every period up to its time (a tick in 2999 cost 20 s of work
 #: with daily periods).
 MIN_TIME: Final = datetime(1900, 1, 1, tzinfo=UTC)

@@ -22,10 +22,16 @@ partition, but Faust's fetch loop goes on handing over the batch it already hold
 moves its read offset past the sought one, marks the offsets it jumped over as
 acknowledged (a "gap"), and then drops the records read again below that read offset
 ("DROPPED MESSAGE ROFF"). The agent seeks back to re-read what it must apply next
-(agents/customers.py), so such a seek lost records in chaos runs. Here, after a seek
+(processor/positions.py), so such a seek lost records in chaos runs. Here, after a seek
 on a topic partition, the fetch loop hands over nothing of it that was fetched before
 the seek, and the first record fetched after it tells where the log really resumes
 (``landed``): the sought offset, or the next one the log holds.
+
+Faust internals: this module subclasses Faust's aiokafka driver and overrides its
+private methods (``_drain_messages``, ``_commit_offsets``, ``_getmany``; it reads
+``_committed_offset``, ``_read_offset``, ``_n_acked``). Written against
+faust-streaming 0.15.3 and aiokafka 0.14, as agents/delivery.py is, the only other
+module that touches them: re-read both against a new version.
 """
 
 from __future__ import annotations

@@ -8,12 +8,13 @@ customer agent relies on for counting exactly under at-least-once delivery.
 
 from __future__ import annotations
 
-from typing import Any
-
-import faust
+from typing import TYPE_CHECKING, Any
 
 from retention.partition import PartitionState, decode_partition
 from streams import topics
+
+if TYPE_CHECKING:  # the processor imports these keys without importing Faust
+    import faust
 
 
 def partition_state_key(partition: int) -> bytes:
@@ -21,16 +22,17 @@ def partition_state_key(partition: int) -> bytes:
 
 
 def due_bucket_key(partition: int, day: int) -> bytes:
-    """Customers of ``partition`` due for re-assessment on UTC ``day`` (see agents)."""
+    """Customers of ``partition`` due for re-assessment on UTC ``day`` (processor/due.py)."""
     return b"\x00due/%d/%d" % (partition, day)
 
 
 def pending_bucket_key(partition: int, day: int) -> bytes:
-    """Events of ``partition`` on UTC ``day`` waiting for the aligned time (see agents)."""
+    """Events of ``partition`` on UTC ``day`` waiting for the aligned time (processor/
+    alignment.py)."""
     return b"\x00pending/%d/%d" % (partition, day)
 
 
-#: Key prefix of alerts sent and not yet known to be acknowledged (see agents).
+#: Key prefix of alerts sent and not yet known to be acknowledged (processor/outbox.py).
 OUTBOX = b"\x00outbox/"
 
 
@@ -39,7 +41,7 @@ def outbox_prefix(partition: int) -> bytes:
 
 
 def outbox_key(partition: int, alert_id: str) -> bytes:
-    """An alert of ``partition`` until the broker acknowledged it (see agents)."""
+    """An alert of ``partition`` until the broker acknowledged it (processor/outbox.py)."""
     return outbox_prefix(partition) + alert_id.encode()
 
 

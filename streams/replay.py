@@ -55,7 +55,7 @@ def _event_time(record: Record) -> int:
 
 
 #: The worker dead-letters an event more than this far ahead of its wall clock
-#: (``future_time``, ``MAX_FUTURE`` in agents/customers.py, which streams cannot import).
+#: (``future_time``, ``MAX_FUTURE`` in processor/intake.py, which streams does not import).
 _MAX_FUTURE = DAY
 
 
@@ -210,7 +210,7 @@ async def wait_applied(
 
     Committed offsets alone do not say so: after a rebalance the committed offset
     can be ahead of the state (Faust acknowledges what a worker read but left for
-    the partition's owner, see ``agents/customers.py``) while the owner reads those
+    the partition's owner, see processor/batch.py) while the owner reads those
     records again. Raises ``TimeoutError`` naming what is still behind.
     """
     ends = await end_offsets(bootstrap, topics.CONSUMED_TOPICS, security=security)
@@ -340,7 +340,7 @@ def replay(
             asyncio.run(send_ticks(bootstrap, partitions, first, security))
         # The whole input is in the log before any worker reads: a topic is then read
         # to its end only when it is, which is what lets event-time alignment apply
-        # every customer's events in order (agents/customers.py), so a replay's
+        # every customer's events in order (processor/alignment.py), so a replay's
         # alerts depend on the input alone, not on how fast it was published.
         stage("publishing events")
         published = asyncio.run(

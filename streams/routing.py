@@ -7,8 +7,8 @@ Faust, aiokafka and the Java client put a keyed record on partition
 partition itself. A customer's state lives in the partition its key hashes to with
 murmur2, its *home* (where Faust's table routing and the web views look for it).
 An input event read on another partition is counted there as consumed and
-forwarded, and sent home on ``churnwatch.repartition`` (agents/customers.py,
-agents/routing.py), so the state does not depend on the producers' partitioner.
+forwarded, and sent home on ``churnwatch.repartition`` (processor/routing.py,
+processor/outbox.py), so the state does not depend on the producers' partitioner.
 
 Two kinds of record travel on the repartition topic, msgpack-encoded, tagged:
 

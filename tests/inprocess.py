@@ -1,8 +1,9 @@
 """The customer agent's batch logic run in-process: a reference without Kafka.
 
-``CustomerBatch`` with its real decoder, lifecycle, period engine and metrics; a
-dict for the table and lists for the output topics; the consumer's end offsets
-from the input itself, as if every record were in the log before the first read.
+``CustomerBatch`` on ``processor.testing``'s parts: its real decoder, lifecycle,
+period engine and metrics; a dict for the table and lists for the output topics; the
+consumer's end offsets from the input itself, as if every record were in the log
+before the first read.
 Tests use it to read one input in many orders, and as the undisturbed run that
 chaos tests compare the alerts of real, disturbed workers with.
 """
@@ -13,39 +14,24 @@ import json
 import random
 from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 
-from agents.customers import CustomerBatch
-from retention.alerts import Lifecycle
-from retention.risk import load_risk_config
+from processor import testing
+from processor.batch import CustomerBatch
+from processor.testing import Message, Received
+from processor.testing import Sender as Sent
 from retention.state import CustomerState, decode_state
 from retention.timeutil import Micros, from_micros
-from schemas.decode import EventDecoder
 from schemas.events import ClockTick
 from streams import topics
 from streams.generator import write_history
 from streams.inputs import Record, read_events
-from streams.metrics import PipelineMetrics
 from streams.partitions import is_customer_key
 from streams.settings import Settings
 
-
-class Sent:
-    def __init__(self) -> None:
-        self.values: list[bytes] = []
-
-    def send_soon(self, key: bytes | None = None, value: bytes = b"", partition: int = 0) -> None:
-        self.values.append(value)
-
-
-class Received:
-    """What Faust hands the agent: an event whose ``message`` is the Kafka record."""
-
-    def __init__(self, message: SimpleNamespace) -> None:
-        self.message = message
+__all__ = ["Received", "Run", "Sent", "generated_history"]
 
 
 class Run:
@@ -58,31 +44,17 @@ class Run:
         ends: dict[str, int] = defaultdict(int)
         for record in records:
             ends[record.topic] += 1
-        app = SimpleNamespace(
-            settings=config,
-            customers=self.table,
-            decoder=EventDecoder(config.max_event_bytes),
-            metrics=PipelineMetrics(lambda: [], lambda: []),
-            deadletter_topic=Sent(),
-            alerts_topic=Sent(),
-            lifecycle=Lifecycle(load_risk_config(None), None, config.window),
-            redis_sink=None,
-            # Every record is in the log before the first read, as in a replay.
-            consumer=SimpleNamespace(highwater=lambda tp: ends.get(tp.topic, 0)),
-        )
-        self.app = app
-        self.batch = CustomerBatch(app)  # type: ignore[arg-type]
+        # Every record is in the log before the first read, as in a replay.
+        self.consumer = testing.Offsets(lambda tp: ends.get(tp.topic, 0))
+        self.parts = testing.parts(config, self.consumer, self.table)
+        self.batch = CustomerBatch(self.parts)
         self.offsets: dict[str, int] = defaultdict(int)
         self.lateness = config.lateness
 
     def message(self, topic: str, key: bytes | None, value: bytes) -> Received:
         offset = self.offsets[topic]
         self.offsets[topic] += 1
-        return Received(
-            SimpleNamespace(
-                topic=topic, partition=0, offset=offset, key=key, value=value, timestamp=None
-            )
-        )
+        return Received(Message(topic, 0, offset, key, value))
 
     def feed(self, records: list[Record], batch_sizes: list[int], rng: random.Random) -> None:
         messages = [self.message(r.topic, r.key, r.value) for r in records]
@@ -94,15 +66,23 @@ class Run:
         tick = ClockTick(time=from_micros(self.as_of + self.lateness), source="test")
         self.batch.process([self.message(topics.CLOCK, None, msgspec.json.encode(tick))])
 
+    @property
+    def alerts_sent(self) -> Sent:
+        return self.parts.alerts  # type: ignore[return-value]
+
+    @property
+    def deadletters_sent(self) -> Sent:
+        return self.parts.deadletters  # type: ignore[return-value]
+
     def alerts(self) -> list[tuple[Any, ...]]:
         found = []
-        for value in self.app.alerts_topic.values:
+        for value in self.alerts_sent.values:
             a = json.loads(value)
             found.append((a["customer_id"], a["sequence"], a["status"], a["tier"], a["at"]))
         return sorted(found)
 
     def alert_records(self) -> list[dict[str, Any]]:
-        return [json.loads(value) for value in self.app.alerts_topic.values]
+        return [json.loads(value) for value in self.alerts_sent.values]
 
     def customers(self) -> dict[str, CustomerState]:
         return {

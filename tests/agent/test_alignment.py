@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.customers import CustomerBatch
+from processor.batch import CustomerBatch
 from retention.partition import decode_partition, encode_partition
 from retention.timeutil import parse_time
 from streams import topics
 from streams.inputs import Record
 from streams.partitions import OUTBOX, partition_state_key
-from tests.inprocess import Run, generated_history
+from tests.inprocess import Run, Sent, generated_history
 
 AS_OF = parse_time("2025-07-01T00:00:00Z")
 
@@ -97,7 +96,7 @@ def test_events_wait_while_a_topic_has_unread_input(history: list[Record]) -> No
     assert state.consumed == len(feedback)
     assert state.pending == state.consumed - state.deadletter > 0
     assert state.valid == 0 and not run.customers()
-    assert not run.app.alerts_topic.values
+    assert not run.alerts_sent.values
 
 
 def test_a_waiting_event_redelivered_as_it_is_released_counts_once(
@@ -150,8 +149,8 @@ def test_alerts_not_acknowledged_are_sent_again_by_the_next_owner(
     table's outbox until acknowledged; the next owner of the partition sends them."""
     ordered = sorted(history, key=lambda r: r.occurred_at or -1)
     run = Run(history, AS_OF)
-    sent = run.app.alerts_topic.values
-    run.app.alerts_topic.send_soon = lambda key, value, partition: (  # type: ignore[method-assign]
+    sent = run.alerts_sent.values
+    run.alerts_sent.send_soon = lambda key, value, partition: (  # type: ignore[method-assign]
         sent.append(value) or _Unacknowledged()
     )
     run.feed(ordered, [100], random.Random(0))
@@ -159,13 +158,11 @@ def test_alerts_not_acknowledged_are_sent_again_by_the_next_owner(
     outbox = [key for key in run.table if key.startswith(OUTBOX)]
     assert 1 < len(outbox) < len(sent)  # a record per batch with alerts, none acknowledged
 
-    again: list[bytes] = []
-    successor = CustomerBatch(run.app)  # type: ignore[arg-type]
-    successor.alerts_topic = SimpleNamespace(
-        send_soon=lambda key, value, partition: again.append(value)
-    )
+    again = Sent()
+    successor = CustomerBatch(run.parts)
+    successor.outbox.alerts = again
     assert successor.take_over([0]) == len(sent)
-    assert sorted(again) == sorted(sent)
+    assert sorted(again.values) == sorted(sent)
     assert successor.take_over([0]) == 0  # still owned after another rebalance: not again
 
     # The partition record lists the outbox, so a new owner reads those keys alone;
@@ -173,11 +170,11 @@ def test_alerts_not_acknowledged_are_sent_again_by_the_next_owner(
     record = decode_partition(run.table[partition_state_key(0)])
     assert record.outbox is not None and sorted(record.outbox) == sorted(outbox)
     count = len(sent)
-    run.app.customers = _NoScan(run.table)
-    assert CustomerBatch(run.app).take_over([0]) == count  # type: ignore[arg-type]
+    run.parts.table = _NoScan(run.table)
+    assert CustomerBatch(run.parts).take_over([0]) == count  # type: ignore[arg-type]
     record.outbox = None
-    run.app.customers = dict(run.table) | {partition_state_key(0): encode_partition(record)}
-    assert CustomerBatch(run.app).take_over([0]) == count  # type: ignore[arg-type]
+    run.parts.table = dict(run.table) | {partition_state_key(0): encode_partition(record)}
+    assert CustomerBatch(run.parts).take_over([0]) == count  # type: ignore[arg-type]
 
     acknowledged = Run(history, AS_OF)  # send_soon returns None: delivered at once
     acknowledged.feed(ordered, [100], random.Random(0))

@@ -1,6 +1,6 @@
 """A worker killed between any two of a batch's table writes loses nothing.
 
-A batch writes its table records in a fixed order (see agents/customers.py): the
+A batch writes its table records in a fixed order (see processor/commit.py): the
 outbox and newly waiting events, the partition record, the customers, then the
 emptied buckets. SIGKILL can cut that sequence anywhere; the next owner recovers
 the changelog up to the cut and reads the input again from the offsets the
@@ -23,7 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.customers import CustomerBatch
+from processor.batch import CustomerBatch
+from processor.partition import resume_offsets
 from retention.partition import PartitionState, decode_partition
 from retention.timeutil import parse_time
 from streams import topics
@@ -78,8 +79,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
 def logged_run(history: list[Record]) -> Run:
     run = Run(history, AS_OF)
     run.table = Changelog()
-    run.app.customers = run.table
-    run.batch = CustomerBatch(run.app)  # type: ignore[arg-type]
+    run.parts.table = run.table
+    run.batch = CustomerBatch(run.parts)
     return run
 
 
@@ -106,13 +107,13 @@ class Undisturbed:
             start = len(run.table.log)
             run.batch.process(self.messages[at : at + BATCH])
             self.spans.append((start, len(run.table.log)))
-            self.sent.append(len(run.app.alerts_topic.values))
+            self.sent.append(len(run.alerts_sent.values))
 
     def sent_before(self, cut: int) -> list[bytes]:
         """The alerts that left before the cut: a batch sends its alerts after its
         writes, so those of the batches done by then."""
         done = [n for (_, end), n in zip(self.spans, self.sent, strict=True) if end <= cut]
-        return self.run.app.alerts_topic.values[: done[-1] if done else 0]
+        return self.run.alerts_sent.values[: done[-1] if done else 0]
 
     def state_write(self, batch: int) -> int:
         start, end = self.spans[batch]
@@ -145,12 +146,12 @@ def resume_after_crash(
     old = disturbed.run
     run = Run(history, AS_OF)
     run.table = Changelog.recovered(old.table.log[:cut])
-    run.app.customers = run.table
-    run.app.alerts_topic = Sent()
-    run.batch = CustomerBatch(run.app)  # type: ignore[arg-type]
+    run.parts.table = run.table
+    run.parts.alerts = Sent()
+    run.batch = CustomerBatch(run.parts)
     resent = run.batch.take_over([0])
     raw = run.table.get(STATE)
-    resume = {} if raw is None else decode_partition(raw).resume_offsets()
+    resume = {} if raw is None else resume_offsets(decode_partition(raw))
     again: list[Received] = [
         m for m in disturbed.messages if m.message.offset >= resume.get(m.message.topic, 0) - back
     ]
@@ -179,7 +180,7 @@ def check(run: Run, disturbed: Undisturbed, cut: int, reference: Run) -> None:
     # Alerts: everything sent before the cut (those after it never left) and after the
     # restart, with the outbox sent again, says what the undisturbed run said.
     kept = {_ident(v) for v in disturbed.sent_before(cut)} | {
-        _ident(v) for v in run.app.alerts_topic.values
+        _ident(v) for v in run.alerts_sent.values
     }
     assert kept >= set(reference.alerts()), sorted(set(reference.alerts()) - kept)[:3]
 
@@ -248,14 +249,14 @@ def test_a_redo_holds_a_bounded_number_of_messages(history: list[Record], refere
     )
     run = Run(history, AS_OF)
     run.table = Changelog.recovered(disturbed.run.table.log[:cut])
-    run.app.customers = run.table
-    run.app.alerts_topic = Sent()
-    run.batch = CustomerBatch(run.app)  # type: ignore[arg-type]
+    run.parts.table = run.table
+    run.parts.alerts = Sent()
+    run.batch = CustomerBatch(run.parts)
     run.batch.take_over([0])
-    run.batch.hold_max = 30
+    run.batch.positions.hold_max = 30
     record = decode_partition(run.table[STATE])
     redo = _redo_topics(record)
-    resume = record.resume_offsets()
+    resume = resume_offsets(record)
     again = [m for m in disturbed.messages if m.message.offset >= resume.get(m.message.topic, 0)]
     # Every other topic is read to its end before the redo's own.
     again.sort(key=lambda m: m.message.topic in redo)
@@ -264,8 +265,8 @@ def test_a_redo_holds_a_bounded_number_of_messages(history: list[Record], refere
     most = 0
     while batch := consumer.next_batch(BATCH):
         run.batch.process(batch)
-        most = max(most, len(run.batch.held.get(0, [])))
-        seeks, run.batch.seeks = run.batch.seeks, {}
+        most = max(most, len(run.batch.positions.held.get(0, [])))
+        seeks, run.batch.positions.seeks = run.batch.positions.seeks, {}
         for tp, offset in seeks.items():
             consumer.seek(tp.topic, offset)
     run.feed([], [1], random.Random(0))  # the final tick

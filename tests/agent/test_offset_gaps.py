@@ -19,7 +19,7 @@ from collections import defaultdict
 import pytest
 from faust.types import TP
 
-import agents.customers
+import processor.positions
 from retention.partition import decode_partition
 from retention.timeutil import parse_time
 from streams import topics
@@ -109,13 +109,13 @@ def drive(
     run = Run(history, AS_OF)
     messages = [run.message(r.topic, r.key, r.value) for r in history]
     consumer = Consumer(messages, lose, set(absent), seeks_work)
-    run.app.consumer.landed = consumer.landed if landed else {}
+    run.consumer.landings = consumer.landed if landed else {}
     for _ in range(10 * len(messages)):
         batch = consumer.next_batch(BATCH)
         if not batch:
             break
         run.batch.process(batch)
-        seeks, run.batch.seeks = run.batch.seeks, {}
+        seeks, run.batch.positions.seeks = run.batch.positions.seeks, {}
         for tp, offset in seeks.items():
             consumer.seek(tp.topic, offset)
     run.feed([], [1], random.Random(0))  # the final tick
@@ -143,7 +143,7 @@ def test_a_message_lost_on_the_way_is_read_again_before_anything_after_it(
     history: list[Record], reference: Run, nth: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     lost = _purchase(history, nth)
-    with caplog.at_level(logging.WARNING, logger="agents.customers"):
+    with caplog.at_level(logging.WARNING, logger="processor.positions"):
         run, consumer = drive(history, {lost})
     assert figures(run) == figures(reference)
     assert lost in consumer.sought
@@ -158,7 +158,7 @@ def test_offsets_absent_from_the_log_are_read_past_once_a_seek_lands_beyond_them
     """Records deleted by retention are never read: the agent reads the topic again
     from the gap, and once the consumer shows the log resumes past it, goes on."""
     absent = _purchase(history, 250)
-    with caplog.at_level(logging.WARNING, logger="agents.customers"):
+    with caplog.at_level(logging.WARNING, logger="processor.positions"):
         run, consumer = drive(history, set(), {absent})
     assert consumer.sought == [absent]
     assert any("are not in the log" in r.getMessage() for r in caplog.records)
@@ -200,9 +200,9 @@ def test_a_seek_that_never_takes_effect_does_not_stall_the_partition(
     """Reading again is asked every GAP_SEEK_EVERY; after GAP_SECONDS the agent goes
     on past the gap, with an error, rather than hold the topic for good (what it
     dropped waiting for the seek is lost then, which only a broken seek can cause)."""
-    monkeypatch.setattr(agents.customers, "GAP_SECONDS", 0.0)
+    monkeypatch.setattr(processor.positions, "GAP_SECONDS", 0.0)
     lost = _purchase(history, 250)
-    with caplog.at_level(logging.WARNING, logger="agents.customers"):
+    with caplog.at_level(logging.WARNING, logger="processor.positions"):
         run, consumer = drive(history, {lost}, seeks_work=False)
     assert consumer.sought == [lost]
     assert any("not read again" in r.getMessage() for r in caplog.records)

@@ -22,19 +22,16 @@ import msgspec
 import pytest
 from faust.types import TP
 
-from agents.customers import CustomerBatch
-from agents.routing import Router
-from retention.alerts import Lifecycle
+from processor import testing
+from processor.batch import CustomerBatch
+from processor.routing import Router
 from retention.calendar import Calendar
 from retention.partition import PartitionState, decode_partition, encode_partition
-from retention.risk import load_risk_config
 from retention.state import CustomerState, decode_state
 from retention.timeutil import Micros, from_micros, parse_time
-from schemas.decode import EventDecoder
 from schemas.events import ClockTick
 from streams import topics
 from streams.inputs import Record
-from streams.metrics import PipelineMetrics
 from streams.partitions import is_customer_key, partition_state_key
 from streams.report import build_report
 from streams.routing import Forward, decode_record, home_partition, is_forward_outbox
@@ -89,17 +86,8 @@ class Cluster:
         self.table: dict[bytes, bytes] = {}
         self.settings = Settings(partitions=PARTITIONS)
         self.alerts = Sent()
-        self.app = SimpleNamespace(
-            settings=self.settings,
-            customers=self.table,
-            decoder=EventDecoder(self.settings.max_event_bytes),
-            metrics=PipelineMetrics(lambda: [], lambda: []),
-            deadletter_topic=Sent(),
-            alerts_topic=self.alerts,
-            lifecycle=Lifecycle(load_risk_config(None), None, self.settings.window),
-            redis_sink=None,
-            consumer=SimpleNamespace(highwater=self.log.highwater),
-        )
+        self.parts = testing.parts(self.settings, testing.Offsets(self.log.highwater), self.table)
+        self.parts.alerts = self.alerts
         self.batch = self.new_batch()
         self.read: dict[tuple[str, int], int] = defaultdict(int)
         times = [r.occurred_at for r in records if r.occurred_at is not None]
@@ -110,8 +98,8 @@ class Cluster:
             self.log.records[record.topic, partition].append((key, record.value))
 
     def new_batch(self) -> CustomerBatch:
-        router = Router(self.app, self.log, active=True)
-        return CustomerBatch(self.app, router)  # type: ignore[arg-type]
+        router = Router(self.settings, self.log, active=True)
+        return CustomerBatch(self.parts, router)
 
     def tick(self, moment: Micros) -> None:
         value = msgspec.json.encode(ClockTick(time=from_micros(moment), source="test"))
@@ -123,16 +111,7 @@ class Cluster:
         chunk = self.log.records[tp][start : start + count]
         self.read[tp] = start + len(chunk)
         return [
-            Received(
-                SimpleNamespace(
-                    topic=tp[0],
-                    partition=tp[1],
-                    offset=start + n,
-                    key=key,
-                    value=value,
-                    timestamp=None,
-                )
-            )
+            Received(testing.Message(tp[0], tp[1], start + n, key, value))
             for n, (key, value) in enumerate(chunk)
         ]
 
@@ -207,7 +186,7 @@ def test_crc32_partitioned_input_ends_in_the_same_state(
             part.valid + part.deadletter + part.duplicates + part.pending + part.forwarded
         )
     assert run.report() == reference.report()
-    misrouted = run.app.metrics.registry.get_sample_value
+    misrouted = run.parts.metrics.registry.get_sample_value
     by_topic = {
         t: misrouted("churnwatch_events_misrouted_total", {"topic": t}) for t in topics.INPUT_TOPICS
     }

@@ -80,7 +80,7 @@ def run_disturbed(history: Path, workdir: Path, initial: int, disturb: Disturb) 
         settings = local_settings(Settings(), broker, PARTITIONS, workdir)
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, PARTITIONS)))
         # The whole history is in the log before the first worker starts: a topic is
-        # read to its end only when it is (see agents/customers.py on alignment), so
+        # read to its end only when it is (see processor/alignment.py), so
         # the outcome depends on nothing but the input, and the oracle can say it.
         first = min(r.occurred_at for r in records if r.occurred_at is not None)
         asyncio.run(send_ticks(broker.bootstrap, PARTITIONS, first))

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from agents.routing import PROGRESS_EVERY, Router
+from processor.routing import PROGRESS_EVERY, Router
 from retention.partition import PartitionState, PeerProgress, decode_partition, encode_partition
 from streams import topics
 from streams.routing import (
@@ -164,8 +164,7 @@ class Captured:
 
 def router(partitions: int = 4) -> tuple[Router, Captured]:
     sent = Captured()
-    app = SimpleNamespace(settings=Settings(partitions=partitions))
-    return Router(app, sent, active=True), sent
+    return Router(Settings(partitions=partitions), sent, active=True), sent
 
 
 def test_router_homes_and_forwards() -> None:

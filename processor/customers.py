@@ -1,0 +1,133 @@
+"""The customers a batch touches: each loaded once, folded with its aligned events
+in order (``retention.apply``, idempotent), its risk assessed as it goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from processor.arrival import Arrival
+from processor.intake import Counts
+from retention.alerts import Alert, Lifecycle
+from retention.apply import Applied, Policy, apply
+from retention.partition import PartitionState, RiskSummary
+from retention.periods import PeriodEngine
+from retention.state import CustomerState, decode_state
+from retention.timeutil import Micros
+from schemas.events import Feedback, Purchase, Signup
+from streams import topics
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a worker folds events with."""
+
+    policy: Policy
+    lifecycle: Lifecycle
+    periods: PeriodEngine
+    lateness: Micros
+
+
+def summary(state: CustomerState | None) -> RiskSummary | None:
+    if state is None or state.risk is None:
+        return None
+    mark = state.risk
+    bucket = "churned" if mark.status == "churned" else mark.tier
+    return (bucket, mark.value_at_risk, mark.clv)
+
+
+class Touched:
+    """Customers of one partition's batch: their new states (``states``, written by
+    the commit plan), their risk summaries before the batch (``before``), and the
+    alerts the batch raised with the message that raised each (``alerts``)."""
+
+    def __init__(self, table: MutableMapping[bytes, bytes]) -> None:
+        self.table = table
+        self.states: dict[bytes, CustomerState] = {}
+        self.before: dict[bytes, RiskSummary | None] = {}
+        self.alerts: list[tuple[Alert, Any]] = []
+
+    def stored(self, key: bytes) -> CustomerState | None:
+        """The customer's state as of now in the batch: touched, or as stored."""
+        state = self.states.get(key)
+        if state is None:
+            raw = self.table.get(key)
+            state = None if raw is None else decode_state(raw)
+        return state
+
+    def note_before(self, key: bytes, state: CustomerState | None) -> None:
+        if key not in self.before:
+            self.before[key] = summary(state)
+
+    def move_risk(self, pstate: PartitionState) -> None:
+        """Keep the partition's sums by tier exact."""
+        for key, state in self.states.items():
+            pstate.move_risk(self.before.get(key), summary(state))
+
+
+def fold(
+    rules: Rules, pstate: PartitionState, ready: list[Arrival], counts: Counts, touched: Touched
+) -> int:
+    """Apply ``ready`` (in order) to the customers; returns how many assessments."""
+    periods = rules.periods
+    book = pstate.periods
+    lifecycle = rules.lifecycle
+    assessed = 0
+    for arrival in ready:
+        message = arrival.message
+        decoded = arrival.event
+        redelivered = arrival.redelivered
+        at = arrival.order[0]
+        key = message.key
+        assert key is not None  # the decoder rejects keyless messages
+        state = touched.states.get(key)
+        if state is None:
+            raw = touched.table.get(key)
+            if raw is None:
+                if not redelivered:
+                    pstate.customers += 1
+            else:
+                state = decode_state(raw)
+        touched.note_before(key, state)
+        if state is not None and state.risk is not None:
+            # Time passed since the customer's last assessment: transitions due
+            # before this event happen first, with the state they were due in.
+            for alert in lifecycle.catch_up(state, at):
+                touched.alerts.append((alert, message))
+        if not redelivered:
+            periods.extend(book, at)
+            before = periods.snapshot(book, state, isinstance(decoded, Purchase | Signup))
+        watermark = arrival.watermark or at
+        applied = apply(state, decoded, watermark, rules.policy, at=at, tie=arrival.order[1])
+        touched.states[key] = applied.state
+        if not applied.duplicate:
+            current = applied.state
+            moment = at if current.risk is None else max(at, current.risk.at)
+            change = lifecycle.step(current, moment)
+            assessed += 1
+            if change is not None:
+                touched.alerts.append((change, message))
+        if redelivered:
+            continue
+        # Period figures, like counters, take each message once: a redelivered one
+        # was counted in the partition record that is stored before its customers.
+        if not applied.duplicate:
+            periods.update(book, before, applied.state, at)
+            if isinstance(decoded, Feedback):
+                periods.feedback(book, at, decoded.kind, decoded.score, watermark)
+        _count(pstate, counts, topics.INPUT_TOPICS[message.topic], applied)
+    return assessed
+
+
+def _count(pstate: PartitionState, counts: Counts, kind: str, applied: Applied) -> None:
+    if applied.duplicate:
+        pstate.duplicates += 1
+        counts["duplicate", kind] += 1
+    else:
+        pstate.valid += 1
+        counts["valid", kind] += 1
+        if applied.late:
+            pstate.late += 1
+            counts["late", kind] += 1

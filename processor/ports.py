@@ -1,0 +1,75 @@
+"""What the customer processor runs on, as plain interfaces.
+
+Faust provides them in a worker (agents/delivery.py), ``processor.testing`` in
+memory. Nothing here knows Faust: a topic partition is a plain named tuple, equal
+to Faust's and aiokafka's (tuples compare by value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from retention.alerts import Lifecycle
+from schemas.decode import EventDecoder
+from streams.metrics import PipelineMetrics
+from streams.settings import Settings
+
+
+class TP(NamedTuple):
+    """A topic partition."""
+
+    topic: str
+    partition: int
+
+
+class Sender(Protocol):
+    """A topic to send records to (Faust's ``send_soon``): returns a future, or None
+    for a record known delivered at once."""
+
+    def send_soon(self, *, key: bytes | None, value: bytes, partition: int) -> Any: ...
+
+
+class Offsets(Protocol):
+    """The consumer as the processor sees it."""
+
+    def writable(self) -> tuple[Collection[Any], int] | None:
+        """The topic partitions assigned and the consumer generation, or None when
+        there is no running consumer (nothing to check)."""
+
+    def active(self) -> bool:
+        """Whether a consumer runs (routing is on from then)."""
+
+    def highwater(self, tp: TP) -> int | None:
+        """The end offset of ``tp`` as last fetched (None: not known yet); raises
+        when there is no consumer thread."""
+
+    def landed(self, tp: TP) -> tuple[int, int] | None:
+        """The last seek on ``tp`` that took effect: (offset sought, offset of the
+        first record fetched after it)."""
+
+    def committed(self, tp: TP) -> int | None:
+        """The group's committed offset of ``tp``, as the consumer knows it."""
+
+    def assigned(self) -> list[int]:
+        """The input partitions this worker actively owns."""
+
+
+@dataclass
+class Parts:
+    """Everything a ``CustomerBatch`` reads and writes."""
+
+    settings: Settings
+    table: MutableMapping[bytes, bytes]
+    decoder: EventDecoder
+    metrics: PipelineMetrics
+    lifecycle: Lifecycle
+    alerts: Sender
+    deadletters: Sender
+    offsets: Offsets
+    sink: Any = None  # the serving view's sink (streams/redis_sink.py), if any
+    #: The context a partition's writes are made in, given one of its events: Faust
+    #: picks a table record's changelog partition from its current event.
+    handling: Callable[[Any], AbstractContextManager[Any]] = nullcontext

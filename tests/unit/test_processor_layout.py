@@ -1,0 +1,60 @@
+"""The processor's layout holds: no Faust in the processor or the domain, every
+Faust internal in agents/delivery.py, modules and functions of a readable size."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROCESSOR = sorted((ROOT / "processor").glob("*.py"))
+RETENTION = sorted((ROOT / "retention").glob("*.py"))
+SHELL = [ROOT / "agents" / "customers.py", ROOT / "agents" / "delivery.py"]
+KAFKA = ("faust", "aiokafka", "mode", "kafka", "confluent_kafka")
+#: Faust's and aiokafka's internals the agent relies on (agents/delivery.py).
+INTERNALS = ("_current_event", "_committed_offset", "_commit_offsets", "perform_seek")
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("path", PROCESSOR + RETENTION, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_kafka_client_imported(path: Path) -> None:
+    assert not _imports(path) & set(KAFKA)
+
+
+def test_the_processor_runs_without_faust() -> None:
+    code = "import sys, processor.batch, processor.testing; print('faust' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_faust_internals_only_in_the_delivery_module() -> None:
+    for path in [*PROCESSOR, *(ROOT / "agents").glob("*.py")]:
+        if path.name == "delivery.py":
+            continue
+        text = path.read_text()
+        assert not [name for name in INTERNALS if name in text], path
+
+
+@pytest.mark.parametrize("path", PROCESSOR + SHELL, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_modules_and_functions_stay_small(path: Path) -> None:
+    text = path.read_text()
+    assert text.count("\n") <= 400
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            assert node.end_lineno is not None
+            assert node.end_lineno - node.lineno < 60, f"{path.name}: {node.name}"
