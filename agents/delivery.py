@@ -36,6 +36,7 @@ from processor.partition import resume_offsets
 from retention.partition import decode_partition
 from streams import topics
 from streams.app import ChurnwatchApp
+from streams.consumer import BATCH_RECORDS
 from streams.partitions import assigned_partitions, partition_state_key
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,16 @@ class FaustOffsets:
 
     def assigned(self) -> list[int]:
         return assigned_partitions(self.app)
+
+
+def take_count(app: ChurnwatchApp) -> int:
+    """How many of Faust's events make a batch of at most ``batch_max`` records: on
+    Kafka each is a record batch of up to BATCH_RECORDS records (streams/consumer.py),
+    on Faust's in-memory transport one record."""
+    batch_max = app.settings.batch_max
+    if not app.on_kafka():
+        return batch_max
+    return max(1, -(-batch_max // BATCH_RECORDS))
 
 
 def parts(app: ChurnwatchApp) -> ports.Parts:

@@ -36,7 +36,7 @@ from processor.customers import Rules, Touched, fold
 from processor.due import DueBuckets
 from processor.intake import Counts, Intake
 from processor.partition import Partitions, begin_batch
-from processor.ports import TP, Parts
+from processor.ports import TP, Parts, records_of
 from processor.positions import Positions
 from processor.routing import Router
 from retention.alerts import Alert
@@ -83,28 +83,35 @@ class CustomerBatch:
         return self.positions.seeks
 
     def process(self, events: Sequence[Any]) -> None:
+        """Process one batch: ``events`` as Faust hands them to the agent, each one
+        message that is a whole fetched record batch of one topic partition or a
+        single record (``ports.records_of``)."""
         started = time.perf_counter()
         self.routing = self.router is not None and self.router.activate()
         by_partition: dict[int, list[Any]] = defaultdict(list)
+        context: dict[int, Any] = {}  # per partition, an event to write it in
         writable = self._writable()
-        stale = 0
+        stale = read = 0
         for event in events:
             message = event.message
+            records = records_of(message)
+            read += len(records)
             if writable is not None and (
                 message.generation_id != writable[1] or message.tp not in writable[0]
             ):
-                stale += 1
+                stale += len(records)
                 continue
-            by_partition[message.partition].append(event)
+            by_partition[message.partition].extend(records)
+            context[message.partition] = event
         if stale:
             # Read again by whoever owns the partition once the rebalance is over:
             # from the committed offset, or from the recovered state's offsets.
             log.warning("left %d events read before a rebalance to be read again", stale)
             self.metrics.stale.inc(stale)
         for partition, group in by_partition.items():
-            with self.parts.handling(group[-1]):
+            with self.parts.handling(context[partition]):
                 self._process_partition(partition, group)
-        self.metrics.batch_size.observe(len(events))
+        self.metrics.batch_size.observe(read)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _writable(self) -> tuple[Collection[Any], int] | None:
@@ -241,7 +248,7 @@ class CustomerBatch:
         aligned = pstate.align(alignment.INPUT_NAMES, idle, self.rules.lateness, peers)
         waiting = PendingBuckets(self.table, partition, pstate)
         ready = alignment.ready(pstate, read.arrivals, aligned, waiting, self.parts.decoder)
-        self._apply_ready(pstate, ready, counts, waiting, group[-1].message, read.forwards)
+        self._apply_ready(pstate, ready, counts, waiting, group[-1], read.forwards)
         if router is not None:
             # After this batch's forwards: what it announces was all sent before.
             router.announce(partition, pstate, idle, time.monotonic())

@@ -75,8 +75,7 @@ class Intake:
         future_limit = round(wall * SECOND) + MAX_FUTURE
         read = Read()
         offsets = pstate.offsets
-        for event in group:
-            message = event.message
+        for message in group:
             topic = message.topic
             offset = message.offset
             last = offsets.get(topic, -1)

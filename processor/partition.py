@@ -39,8 +39,7 @@ def begin_batch(pstate: PartitionState, group: Iterable[Any]) -> None:
     """Where a new owner resumes if this batch's customers are cut off: before its
     first message (a redone batch keeps the start of the batch it redoes)."""
     previous = dict(pstate.offsets)
-    for event in group:
-        message = event.message
+    for message in group:
         if message.offset <= previous.get(message.topic, -1):
             previous[message.topic] = message.offset - 1
     pstate.previous = previous

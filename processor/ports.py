@@ -25,6 +25,40 @@ class TP(NamedTuple):
     partition: int
 
 
+class Record:
+    """One Kafka record as the processor reads it: what a record batch carries
+    (streams/consumer.py hands the agent one message per fetched batch of a topic
+    partition, its ``records`` these). ``timestamp`` in seconds, as Faust's."""
+
+    __slots__ = ("key", "offset", "partition", "timestamp", "topic", "value")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        timestamp: float | None,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+        self.timestamp = timestamp
+
+    def __repr__(self) -> str:
+        return f"Record({self.topic}[{self.partition}]@{self.offset})"
+
+
+def records_of(message: Any) -> list[Any]:
+    """The records a message handed to the agent carries: a record batch's
+    ``records``, or the message itself (one record, as Faust hands it)."""
+    records = getattr(message, "records", None)
+    return [message] if records is None else records
+
+
 class Sender(Protocol):
     """A topic to send records to (Faust's ``send_soon``): returns a future, or None
     for a record known delivered at once."""

@@ -104,8 +104,7 @@ class Positions:
         out: list[Any] = []
         read: dict[str, int] = {}
         beyond: set[str] = set()  # topics read past the last batch
-        for event in group:
-            message = event.message
+        for message in group:
             topic = message.topic
             offset = message.offset
             if offset <= offsets.get(topic, -1):
@@ -116,7 +115,7 @@ class Positions:
                     read[topic] = offset
             else:
                 beyond.add(topic)
-            out.append(event)
+            out.append(message)
         # A record this worker wrote itself had its customers written too (its table
         # holds them); one recovered from the changelog may not have: redo its batch
         # before anything else, even if what comes first is new input of other topics.
@@ -158,7 +157,7 @@ class Positions:
             # queued already comes first, so this may repeat a few times.
             for topic in passed:
                 self.seeks[TP(topic, partition)] = previous.get(topic, -1) + 1
-            self.held[partition] = [e for e in out if e.message.topic not in passed]
+            self.held[partition] = [m for m in out if m.topic not in passed]
             log.warning(
                 "partition %d: %s read past the last batch (%s) before it was read "
                 "again (read %s); reading again from its start",
@@ -196,12 +195,11 @@ class Positions:
             return held
         kept: list[Any] = []
         dropped: dict[str, int] = {}
-        for event in held:
-            message = event.message
+        for message in held:
             topic = message.topic
             redone = message.offset <= offsets.get(topic, -1)
             if redone or (topic not in dropped and len(kept) < self.hold_max):
-                kept.append(event)
+                kept.append(message)
             elif topic not in dropped:
                 dropped[topic] = message.offset
         for topic, offset in dropped.items():
@@ -242,8 +240,7 @@ class Positions:
         cut: set[str] = set()
         out: list[Any] = []
         now = time.monotonic()
-        for event in group:
-            message = event.message
+        for message in group:
             topic = message.topic
             offset = message.offset
             tp = TP(topic, partition)
@@ -259,7 +256,7 @@ class Positions:
                 cut.add(topic)
                 continue
             following[topic] = max(expected, offset + 1)
-            out.append(event)
+            out.append(message)
         for topic in cut:
             self._ask_again(TP(topic, partition), now)
         for topic in following.keys() - cut:
@@ -322,8 +319,7 @@ class Positions:
 def _ranges(group: Sequence[Any]) -> dict[str, tuple[int, int]]:
     """Per topic, the lowest and highest offset in ``group``."""
     ranges: dict[str, tuple[int, int]] = {}
-    for event in group:
-        message = event.message
+    for message in group:
         low, high = ranges.get(message.topic, (message.offset, message.offset))
         ranges[message.topic] = (min(low, message.offset), max(high, message.offset))
     return ranges

@@ -52,12 +52,19 @@ class ChurnwatchApp(faust.App):
     redis_view: RedisView | None
     redis_sink: RedisSink | None
 
+    #: Topics InlineConsumer hands over as record batches (streams/consumer.py).
+    batched_topics: frozenset[str] = frozenset()
+
     def _new_transport(self) -> Any:
         # Kafka input is consumed through InlineConsumer (streams/consumer.py).
-        url = self.conf.broker_consumer[0]
-        if transport.by_url(url) is aiokafka_driver.Transport:
+        if self.on_kafka():
             return InlineTransport(self.conf.broker_consumer, self)
         return super()._new_transport()
+
+    def on_kafka(self) -> bool:
+        """Whether the app consumes Kafka (through InlineConsumer), not Faust's
+        in-memory transport."""
+        return transport.by_url(self.conf.broker_consumer[0]) is aiokafka_driver.Transport
 
 
 def faust_config(settings: Settings) -> dict[str, Any]:
@@ -140,6 +147,7 @@ def create_app(settings: Settings) -> ChurnwatchApp:
         "value_serializer": "raw",
     }
     app.inputs = app.topic(*topics.CONSUMED_TOPICS, partitions=settings.partitions, **raw)
+    app.batched_topics = frozenset(topics.CONSUMED_TOPICS)
     app.clock_topic = app.topic(topics.CLOCK, partitions=settings.partitions, **raw)
     app.deadletter_topic = app.topic(topics.DEADLETTER, partitions=settings.partitions, **raw)
     app.alerts_topic = app.topic(topics.ALERTS, partitions=settings.partitions, **raw)

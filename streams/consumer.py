@@ -1,5 +1,6 @@
-"""Faust's Kafka consumer with four changes: each message is handed to the streams
-inline when nothing has to wait; a seek takes effect for what the fetch loop still
+"""Faust's Kafka consumer with five changes: the agent's input comes as one message
+per fetched record batch of a topic partition; each message is handed to the
+streams inline when nothing has to wait; a seek takes effect for what the fetch loop still
 holds; a seek before the start of a log goes to its start instead of crashing the
 worker; and a commit the broker refused is not taken as done.
 
@@ -27,9 +28,23 @@ on a topic partition, the fetch loop hands over nothing of it that was fetched b
 the seek, and the first record fetched after it tells where the log really resumes
 (``landed``): the sought offset, or the next one the log holds.
 
+Faust creates a Message, an Event, an acknowledgement and several awaits per
+record; for a do-nothing agent that is most of its cost (the floor in
+bench/pipeline.py). For the topics named in ``batched_topics`` (the customer
+agent's input), ``getmany`` hands over each fetched run of a topic partition's
+records, up to ``batch_records`` of them, as one ``RecordBatch``: a Faust message
+whose offset is its last record's and whose ``records`` are the records
+(``processor.ports.Record``). Acknowledging it acknowledges every offset up to it
+(the offsets before it are marked as a gap, as Faust marks offsets a fetch jumps
+over), so Faust's commits, flow control and rebalances work on it as on any
+message. Other topics (the tables' changelogs) are handed over record by record,
+as before.
+
 Faust internals: this module subclasses Faust's aiokafka driver and overrides its
-private methods (``_drain_messages``, ``_commit_offsets``, ``_getmany``; it reads
-``_committed_offset``, ``_read_offset``, ``_n_acked``). Written against
+private methods (``_drain_messages``, ``_commit_offsets``, ``_getmany``, and
+``getmany`` after ``faust.transport.consumer.Consumer.getmany``; it reads
+``_committed_offset``, ``_read_offset``, ``_n_acked``, ``_buffered_partitions``,
+``_wait_next_records``, ``_add_gap``). Written against
 faust-streaming 0.15.3 and aiokafka 0.14, as agents/delivery.py is, the only other
 module that touches them: re-read both against a new version.
 """
@@ -39,12 +54,27 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, Message
+from faust.types.tuples import ConsumerMessage
 from mode.services import WaitResults
+
+from processor.ports import Record
+
+#: Most records of one topic partition handed over as one message.
+BATCH_RECORDS = 100
+
+
+class RecordBatch(ConsumerMessage):
+    """Records of one topic partition from one fetch, handed to the streams as one
+    message: its offset is the last record's, ``records`` the records in order."""
+
+    __slots__ = ("records",)
+
+    records: list[Record]
 
 
 class _Resume:
@@ -81,6 +111,11 @@ class InlineConsumer(aiokafka_driver.Consumer):
     #: seek made while fewer than n had completed.
     _fetches: int = 0
 
+    #: Topics whose records are handed over as record batches (set by the app).
+    batched_topics: frozenset[str] = frozenset()
+    #: Most records in one record batch: Faust's per-message cost, paid once for them.
+    batch_records: int = BATCH_RECORDS
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: Per topic partition sought by ``seek``: the offset, and ``_fetches`` then.
@@ -88,6 +123,7 @@ class InlineConsumer(aiokafka_driver.Consumer):
         #: Per topic partition, the last seek that took effect: (the offset sought,
         #: the offset of the first record fetched after it).
         self.landed: dict[TP, tuple[int, int]] = {}
+        self.batched_topics = frozenset(getattr(self.app, "batched_topics", ()))
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
@@ -132,6 +168,81 @@ class InlineConsumer(aiokafka_driver.Consumer):
         self._fetches += 1
         return records
 
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        """Faust's ``getmany`` (faust-streaming 0.15), except that the records of a
+        topic in ``batched_topics`` come as record batches, one topic partition's
+        fetched run at a time; the others, record by record in Faust's round-robin."""
+        records, active_partitions = await self._wait_next_records(timeout)
+        generation_id = self.app.consumer_generation_id
+        if records is None or self.should_stop:
+            return
+        if not self.flow_active:
+            self.log.dev("getmany called while flow not active. Seek back to committed offsets.")
+            try:
+                await self.perform_seek()
+            except Exception as ex:
+                self.log.warning(f"exception performing seek when flow not active {ex}")
+            return
+        singles: dict[TP, Any] = {}
+        for tp, fetched in records.items():
+            if not self._deliverable(tp, generation_id, active_partitions):
+                continue
+            if tp.topic not in self.batched_topics:
+                singles[tp] = fetched
+                continue
+            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            size = self.batch_records
+            for start in range(0, len(fetched), size):
+                if not self._deliverable(tp, generation_id, active_partitions):
+                    return
+                yield tp, self._to_batch(tp, fetched[start : start + size], generation_id)
+        for tp, record in self.scheduler.iterate(singles):
+            if not self._deliverable(tp, generation_id, active_partitions):
+                break
+            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            yield tp, self._to_message(tp, record)
+
+    def _deliverable(self, tp: TP, generation_id: int, active: Any) -> bool:
+        """Faust's checks before handing a fetched record over: the flow is on, no
+        rebalance began since the fetch, and the partition is active (or buffered)."""
+        return (
+            self.flow_active
+            and self.app.consumer_generation_id == generation_id
+            and (active is None or tp in active or tp in self._buffered_partitions)
+        )
+
+    def _to_batch(self, tp: TP, fetched: list[Any], generation_id: int) -> RecordBatch:
+        topic, partition = tp
+        records = [
+            Record(
+                topic,
+                partition,
+                r.offset,
+                r.key,
+                r.value,
+                None if r.timestamp is None else r.timestamp / 1000.0,
+            )
+            for r in fetched
+        ]
+        last = fetched[-1]
+        batch = RecordBatch(
+            topic,
+            partition,
+            last.offset,
+            cast(float, records[-1].timestamp),
+            last.timestamp_type,
+            last.headers,
+            None,
+            b"",
+            None,
+            0,
+            sum(r.serialized_value_size or 0 for r in fetched),
+            tp,
+            generation_id=generation_id,
+        )
+        batch.records = records
+        return batch
+
     def _stale(self, tp: TP, message: Message, fetch: int) -> bool:
         """Whether ``message``, of fetch number ``fetch``, was fetched before a seek
         on its partition; the first record fetched after one records where it landed."""
@@ -142,7 +253,7 @@ class InlineConsumer(aiokafka_driver.Consumer):
         if fetch <= at:
             return True
         del self._sought[tp]
-        self.landed[tp] = (offset, message.offset)
+        self.landed[tp] = (offset, _first_offset(message))
         return False
 
     async def _drain_messages(self, fetcher: Any) -> None:
@@ -173,9 +284,14 @@ class InlineConsumer(aiokafka_driver.Consumer):
                         fetch = self._fetches
                         if self._stale(tp, message, fetch):
                             continue
-                        offset = message.offset
                         r_offset = read_offsets[tp]
+                        if isinstance(message, RecordBatch) and not _unread(message, r_offset):
+                            self.log.dev("DROPPED RECORD BATCH ROFF %r", message.offset)
+                            continue
+                        offset = message.offset
                         if r_offset is None or offset >= r_offset:
+                            # A record batch acknowledges the offsets before its last
+                            # one through the gap.
                             gap = offset - (r_offset or 0)
                             if gap > 1 and r_offset and acks_enabled_for(message.topic):
                                 await self._add_gap(tp, r_offset + 1, offset)
@@ -244,6 +360,18 @@ class InlineConsumer(aiokafka_driver.Consumer):
             and flow_stopped.cr_frame is not None
             and flow_stopped.cr_frame.f_locals.get("self") is self.suspend_flow
         )
+
+
+def _first_offset(message: Message) -> int:
+    return message.records[0].offset if isinstance(message, RecordBatch) else message.offset
+
+
+def _unread(batch: RecordBatch, r_offset: int | None) -> bool:
+    """Keep the records of ``batch`` Faust would hand over (at or past its read offset,
+    as for single messages); whether any are left."""
+    if r_offset is not None and batch.records[0].offset < r_offset:
+        batch.records = [r for r in batch.records if r.offset >= r_offset]
+    return bool(batch.records)
 
 
 class InlineTransport(aiokafka_driver.Transport):
