@@ -6,8 +6,10 @@
   ``take_events`` batching; the body only counts. What the churnwatch worker costs
   beyond this is churnwatch's own work.
 - ``BENCH_AGENT=inline``: the same do-nothing agent on churnwatch's consumer
-  (``streams/consumer.py``), which hands messages over without Faust's per-message
-  tasks: what that part of Faust's machinery costs.
+  (``streams/consumer.py``), which hands the input over as record batches of up to
+  BATCH_RECORDS records, each handed over without Faust's per-message tasks, in
+  batches of as many records as the worker's: what Faust's per-message machinery
+  costs, and churnwatch's consumer.
 - ``BENCH_AGENT=writes``: the inline do-nothing agent plus churnwatch's table writes
   and nothing else: per batch, one write per touched customer, of a state-sized value
   (``BENCH_STATE_BYTES``, default 1,200 B, the size of a generated customer's state),
@@ -40,9 +42,10 @@ import faust
 from faust.streams import Stream
 
 from agents.delivery import handling
+from processor.ports import records_of
 from streams import topics
 from streams.app import QUIET_LOGGERS, faust_config, producer_buffer_size
-from streams.consumer import InlineTransport
+from streams.consumer import BATCH_RECORDS, InlineTransport
 from streams.settings import Settings
 
 settings = Settings.from_env()
@@ -57,8 +60,11 @@ if MODE == "naive":
         del config[name]
 config["web_enabled"] = False
 app = faust.App(f"{settings.app_id}-{MODE}", **config)
+TAKE = settings.batch_max
 if MODE in ("inline", "writes"):
     app.transport = InlineTransport(app.conf.broker_consumer, app)
+    cast(Any, app).batched_topics = frozenset(topics.INPUT_TOPICS)
+    TAKE = max(1, -(-settings.batch_max // BATCH_RECORDS))  # as agents/delivery.py
 raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
 inputs = app.topic(*topics.INPUT_TOPICS, key_serializer="raw", value_serializer="raw", **raw)
 status: dict[str, float] = {"count": 0, "first": 0.0, "last": 0.0}
@@ -76,11 +82,9 @@ if MODE in ("floor", "inline"):
 
     @app.agent(inputs, name="floor", concurrency=1)
     async def floor(stream: Any) -> None:
-        batches = cast(Stream[bytes], stream).take_events(
-            settings.batch_max, within=settings.batch_within
-        )
+        batches = cast(Stream[bytes], stream).take_events(TAKE, within=settings.batch_within)
         async for events in batches:
-            _counted(len(events))
+            _counted(sum(len(records_of(event.message)) for event in events))
 
 elif MODE == "writes":
     state = b"s" * int(os.environ.get("BENCH_STATE_BYTES", "1200"))
@@ -95,21 +99,21 @@ elif MODE == "writes":
 
     @app.agent(inputs, name="writes", concurrency=1)
     async def writes(stream: Any) -> None:
-        batches = cast(Stream[bytes], stream).take_events(
-            settings.batch_max, within=settings.batch_within
-        )
+        batches = cast(Stream[bytes], stream).take_events(TAKE, within=settings.batch_within)
         async for events in batches:
-            by_partition: dict[int, dict[bytes, Any]] = {}
+            by_partition: dict[int, tuple[Any, set[bytes]]] = {}
+            read = 0
             for event in events:
-                key = event.message.key
-                if key is not None:
-                    by_partition.setdefault(event.message.partition, {})[key] = event
-            for touched in by_partition.values():
+                records = records_of(event.message)
+                read += len(records)
+                _, keys = by_partition.setdefault(event.message.partition, (event, set()))
+                keys.update(r.key for r in records if r.key is not None)
+            for context, keys in by_partition.values():
                 # One partition's events share a changelog partition, as in the worker.
-                with handling(next(iter(touched.values()))):
-                    for key in touched:
+                with handling(context):
+                    for key in keys:
                         states[key] = state
-            _counted(len(events))
+            _counted(read)
 
 else:
     latest = app.Table("naive-latest", partitions=settings.partitions, **raw)

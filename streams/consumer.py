@@ -34,10 +34,9 @@ bench/pipeline.py). For the topics named in ``batched_topics`` (the customer
 agent's input), ``getmany`` hands over each fetched run of a topic partition's
 records, up to ``batch_records`` of them, as one ``RecordBatch``: a Faust message
 whose offset is its last record's and whose ``records`` are the records
-(``processor.ports.Record``). Acknowledging it acknowledges every offset up to it
-(the offsets before it are marked as a gap, as Faust marks offsets a fetch jumps
-over), so Faust's commits, flow control and rebalances work on it as on any
-message. Other topics (the tables' changelogs) are handed over record by record,
+(``processor.ports.Record``). Acknowledging it acknowledges every offset from its
+first record to its last (``ack``), so Faust's commits, flow control and
+rebalances work on it as on any message. Other topics (the tables' changelogs) are handed over record by record,
 as before.
 
 Faust internals: this module subclasses Faust's aiokafka driver and overrides its
@@ -153,6 +152,31 @@ class InlineConsumer(aiokafka_driver.Consumer):
             for tp in offsets:
                 self._committed_offset.pop(tp, None)
         return bool(did_commit)
+
+    def ack(self, message: Message) -> bool:
+        """Faust's acknowledgement; a record batch's acknowledges every offset from its
+        first record to its last (offsets the log does not hold between them too),
+        each as Faust acknowledges one message (once, and only above the committed
+        offset), and only then: marked at the fetch, as a gap, they would count as
+        done before the batch was."""
+        first_time = not message.acked
+        done = bool(super().ack(message))
+        if not (first_time and isinstance(message, RecordBatch)):
+            return done
+        if not self.app.topics.acks_enabled_for(message.topic):
+            return done
+        tp = message.tp
+        committed = self._committed_offset[tp]
+        index = self._acked_index[tp]
+        within = [
+            o
+            for o in range(message.records[0].offset, message.offset)
+            if o not in index and (committed is None or o > committed)
+        ]
+        if within:
+            self._acked[tp].extend(within)
+            index.update(within)
+        return done or bool(within)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self._forget(revoked)
@@ -290,11 +314,12 @@ class InlineConsumer(aiokafka_driver.Consumer):
                             continue
                         offset = message.offset
                         if r_offset is None or offset >= r_offset:
-                            # A record batch acknowledges the offsets before its last
-                            # one through the gap.
-                            gap = offset - (r_offset or 0)
+                            # Offsets jumped over before the message (a record batch's
+                            # own are acknowledged with it, ``ack``).
+                            first = _first_offset(message)
+                            gap = first - (r_offset or 0)
                             if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                                await self._add_gap(tp, r_offset + 1, offset)
+                                await self._add_gap(tp, r_offset + 1, first)
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
