@@ -36,8 +36,8 @@ records, up to ``batch_records`` of them, as one ``RecordBatch``: a Faust messag
 whose offset is its last record's and whose ``records`` are the records
 (``processor.ports.Record``). Acknowledging it acknowledges every offset from its
 first record to its last (``ack``), so Faust's commits, flow control and
-rebalances work on it as on any message. Other topics (the tables' changelogs) are handed over record by record,
-as before.
+rebalances work on it as on any message. Other topics (the tables' changelogs)
+are handed over record by record, as before.
 
 Faust internals: this module subclasses Faust's aiokafka driver and overrides its
 private methods (``_drain_messages``, ``_commit_offsets``, ``_getmany``, and
