@@ -284,6 +284,8 @@ class CustomerBatch:
         self.outbox.list_in(pstate, unacked, batch)
         plan = CommitPlan(pstate, batch, waiting, due, touched.states, delivered)
         plan.write(self.table, self.partitions, self.parts.sink)
+        self.metrics.state_updates.inc(len(ready))
+        self.metrics.state_writes.inc(len(touched.states))
         self.outbox.send(partition, unacked, batch)
         self._count_alerts(touched.alerts, assessed)
 

@@ -165,6 +165,7 @@ def create_app(settings: Settings) -> ChurnwatchApp:
     app.metrics = PipelineMetrics(
         lambda: partition_states(app, app.customers), lambda: consumer_lag(app)
     )
+    app.metrics.flush_interval.set(settings.batch_within)
     app.redis_view = app.redis_sink = None
     if settings.redis_url:
         app.redis_view = RedisView(settings.redis_url, settings.redis_prefix)

@@ -287,6 +287,22 @@ class PipelineMetrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=self.registry,
         )
+        self.flush_interval = Gauge(
+            "churnwatch_state_flush_interval_seconds",
+            "Most time a batch gathers input before its state is written "
+            "(CHURNWATCH_BATCH_WITHIN): a customer touched many times in it is written once",
+            registry=self.registry,
+        )
+        self.state_updates = Counter(
+            "churnwatch_state_updates",
+            "Events applied to customer states (aligned, redone ones included)",
+            registry=self.registry,
+        )
+        self.state_writes = Counter(
+            "churnwatch_state_writes",
+            "Customer records written to the table (one per customer touched per batch)",
+            registry=self.registry,
+        )
         self.stale = Counter(
             "churnwatch_stale_events",
             "Input messages left unprocessed because they reached the agent during a "

@@ -66,11 +66,13 @@ class Settings:
     broker_quirks: BrokerQuirks = ""
     clock: ClockMode = "live"
     clock_interval: float = 5.0
+    #: Most input records in one batch.
     batch_max: int = 1000
-    #: Faust's take() closes a batch at this age even when it is not full. A message
-    #: takes ~100-200 us through Faust's stream, so with a backlog 0.05 s held ~250
-    #: messages and 0.25 s ~850: fewer changelog writes per event (one per touched
-    #: customer per batch), for up to 0.25 s more latency when the input is slow.
+    #: The state's flush interval: a batch closes at this age even when it is not
+    #: full, and its state is written then, each customer it touched once and the
+    #: partition record with the offsets that state covers (processor/commit.py): a
+    #: write-back cache per partition. Longer means fewer changelog writes per event
+    #: when there is a backlog, for up to that much more latency when input is slow.
     batch_within: float = 0.25
     max_event_bytes: int = 64 * 1024
     dedup_ids: int = 0

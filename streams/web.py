@@ -113,6 +113,10 @@ def install_views(app: ChurnwatchApp) -> None:
                 "recovering": recovering,
                 "broker": {"url": app.settings.broker, "assigned_topic_partitions": assigned},
                 "routing": _routing(app),
+                "state_flush": {
+                    "interval_s": app.settings.batch_within,
+                    "max_records": app.settings.batch_max,
+                },
             }
             sink = app.redis_sink
             if app.redis_view is None or sink is None:

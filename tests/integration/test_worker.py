@@ -30,7 +30,7 @@ def test_live_worker_ticks_its_partitions_and_serves_metrics(tmp_path: Path) -> 
     with new_broker(tmp_path) as broker:
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 2)))
         settings = local_settings(Settings(), broker, 2, tmp_path).replace(
-            clock="live", clock_interval=0.5
+            clock="live", clock_interval=0.5, batch_within=0.15
         )
         worker = WorkerProcess(settings, tmp_path / "worker.log")
         worker.start()
@@ -40,6 +40,7 @@ def test_live_worker_ticks_its_partitions_and_serves_metrics(tmp_path: Path) -> 
             ready_after = time.monotonic() - started
             print(f"launch to ready: {ready_after:.1f}s")
             assert health["partitions"] == [0, 1]
+            assert health["state_flush"] == {"interval_s": 0.15, "max_records": 1000}
             deadline = time.monotonic() + 30
             values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
             while time.monotonic() < deadline:
@@ -49,6 +50,7 @@ def test_live_worker_ticks_its_partitions_and_serves_metrics(tmp_path: Path) -> 
                     break
                 time.sleep(0.5)
             assert ticks >= 4, worker.log_tail()
+            assert values[("churnwatch_state_flush_interval_seconds", ())] == 0.15
             for partition in ("0", "1"):
                 key = ("churnwatch_event_time_lag_seconds", (("partition", partition),))
                 assert 0 <= values[key] < 10, values[key]
