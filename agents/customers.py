@@ -84,7 +84,7 @@ def install(app: ChurnwatchApp) -> None:
     @app.agent(app.inputs, name="customers", concurrency=1)
     async def customers(stream: StreamT[bytes]) -> None:
         batches = cast(Stream[bytes], stream).take_events(
-            delivery.take_count(app), within=settings.batch_within
+            delivery.take_count(app, stream), within=settings.batch_within
         )
         async for events in batches:
             batch.process(events)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
 
+import faust.topics
 from faust.streams import _current_event
 from faust.types import TP, EventT
 
@@ -96,12 +97,12 @@ class FaustOffsets:
         return assigned_partitions(self.app)
 
 
-def take_count(app: ChurnwatchApp) -> int:
-    """How many of Faust's events make a batch of at most ``batch_max`` records: on
-    Kafka each is a record batch of up to BATCH_RECORDS records (streams/consumer.py),
-    on Faust's in-memory transport one record."""
+def take_count(app: ChurnwatchApp, stream: Any) -> int:
+    """How many of Faust's events make a batch of at most ``batch_max`` records: from
+    Kafka each is a record batch of up to BATCH_RECORDS records (streams/consumer.py);
+    on Faust's in-memory transport, or a test context's channel, one record."""
     batch_max = app.settings.batch_max
-    if not app.on_kafka():
+    if not (app.on_kafka() and isinstance(stream.channel, faust.topics.Topic)):
         return batch_max
     return max(1, -(-batch_max // BATCH_RECORDS))
 
