@@ -102,7 +102,8 @@ def take_count(app: ChurnwatchApp, stream: Any) -> int:
     Kafka each is a record batch of up to BATCH_RECORDS records (streams/consumer.py);
     on Faust's in-memory transport, or a test context's channel, one record."""
     batch_max = app.settings.batch_max
-    if not (app.on_kafka() and isinstance(stream.channel, faust.topics.Topic)):
+    batched = app.on_kafka() and bool(app.batched_topics)
+    if not (batched and isinstance(stream.channel, faust.topics.Topic)):
         return batch_max
     return max(1, -(-batch_max // BATCH_RECORDS))
 

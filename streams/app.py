@@ -147,7 +147,7 @@ def create_app(settings: Settings) -> ChurnwatchApp:
         "value_serializer": "raw",
     }
     app.inputs = app.topic(*topics.CONSUMED_TOPICS, partitions=settings.partitions, **raw)
-    app.batched_topics = frozenset(topics.CONSUMED_TOPICS)
+    app.batched_topics = frozenset(topics.CONSUMED_TOPICS if settings.record_batches else ())
     app.clock_topic = app.topic(topics.CLOCK, partitions=settings.partitions, **raw)
     app.deadletter_topic = app.topic(topics.DEADLETTER, partitions=settings.partitions, **raw)
     app.alerts_topic = app.topic(topics.ALERTS, partitions=settings.partitions, **raw)

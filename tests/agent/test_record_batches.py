@@ -25,7 +25,9 @@ CHANGELOG = TP("churnwatch-customers-changelog", 0)
 
 @pytest.fixture
 async def consumer() -> InlineConsumer:
-    app = create_app(Settings(store="memory://", clock="off", log_level="warn"))
+    app = create_app(
+        Settings(store="memory://", clock="off", log_level="warn", record_batches=True)
+    )
     made = app.consumer  # built, not started: no broker needed
     assert isinstance(made, InlineConsumer)
     assert PURCHASES.topic in made.batched_topics
