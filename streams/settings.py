@@ -68,10 +68,9 @@ class Settings:
     clock_interval: float = 5.0
     #: Most input records in one batch.
     batch_max: int = 1000
-    #: Hand the input to the agent as record batches (streams/consumer.py). Off by
-    #: default until a soak stall seen with it on (the fresh-clone CI run of 41ba463:
-    #: lag grew from 100 s into the run at 250 events/s) is explained.
-    record_batches: bool = False
+    #: Hand the input to the agent as record batches (streams/consumer.py): Faust's
+    #: per-message cost paid once per batch. Off: one message a record, as Faust does.
+    record_batches: bool = True
     #: The state's flush interval: a batch closes at this age even when it is not
     #: full, and its state is written then, each customer it touched once and the
     #: partition record with the offsets that state covers (processor/commit.py): a
