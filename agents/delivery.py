@@ -37,7 +37,7 @@ from processor.partition import resume_offsets
 from retention.partition import decode_partition
 from streams import topics
 from streams.app import ChurnwatchApp
-from streams.consumer import BATCH_RECORDS
+from streams.consumer import batches_per_take
 from streams.partitions import assigned_partitions, partition_state_key
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def take_count(app: ChurnwatchApp, stream: Any) -> int:
     batched = app.on_kafka() and bool(app.batched_topics)
     if not (batched and isinstance(stream.channel, faust.topics.Topic)):
         return batch_max
-    return max(1, -(-batch_max // BATCH_RECORDS))
+    return batches_per_take(batch_max)
 
 
 def parts(app: ChurnwatchApp) -> ports.Parts:

@@ -45,7 +45,7 @@ from agents.delivery import handling
 from processor.ports import records_of
 from streams import topics
 from streams.app import QUIET_LOGGERS, faust_config, producer_buffer_size
-from streams.consumer import BATCH_RECORDS, InlineTransport
+from streams.consumer import InlineTransport, batches_per_take
 from streams.settings import Settings
 
 settings = Settings.from_env()
@@ -64,7 +64,7 @@ TAKE = settings.batch_max
 if MODE in ("inline", "writes"):
     app.transport = InlineTransport(app.conf.broker_consumer, app)
     cast(Any, app).batched_topics = frozenset(topics.INPUT_TOPICS)
-    TAKE = max(1, -(-settings.batch_max // BATCH_RECORDS))  # as agents/delivery.py
+    TAKE = batches_per_take(settings.batch_max)  # as the worker takes them
 raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
 inputs = app.topic(*topics.INPUT_TOPICS, key_serializer="raw", value_serializer="raw", **raw)
 status: dict[str, float] = {"count": 0, "first": 0.0, "last": 0.0}

@@ -67,6 +67,12 @@ from processor.ports import Record
 BATCH_RECORDS = 100
 
 
+def batches_per_take(batch_max: int) -> int:
+    """How many record batches a ``take_events`` takes for at most ``batch_max``
+    records (rounded up to whole record batches)."""
+    return max(1, -(-batch_max // BATCH_RECORDS))
+
+
 class RecordBatch(ConsumerMessage):
     """Records of one topic partition from one fetch, handed to the streams as one
     message: its offset is the last record's, ``records`` the records in order."""
