@@ -16,7 +16,7 @@ import math
 from itertools import accumulate
 from typing import Final
 
-from retention.model import Model, expected_purchases, p_alive
+from retention.model import Model, Purchasing
 from retention.risk import (
     EXPECTED_FLOOR,
     UNKNOWN,
@@ -31,6 +31,9 @@ from retention.timeutil import DAY, Micros
 
 #: ``Probe.churned_from`` of a cancelled customer: before every instant.
 CANCELLED: Final = -(2**63)
+#: Per weight set: intercept, weights, the weighted frequency, spend, detractor and
+#: low-CSAT features, and the weighted experiences feature by count of experiences.
+Terms = tuple[float, tuple[float, ...], float, float, float, float, tuple[float, ...]]
 
 
 class Probe:
@@ -49,7 +52,8 @@ class Probe:
         th = config.thresholds
         days = state.days
         self.day_numbers = [d.day for d in days]
-        self.spend_prefix = list(accumulate([d.spend for d in days], initial=0))
+        self.spends = [d.spend for d in days]
+        self.spend_prefix: list[int] | None = None  # made when first needed
         self.x = max(len(days) - 1, 0)
         if interval == UNKNOWN:
             interval = state.typical_interval_days()
@@ -82,8 +86,10 @@ class Probe:
         low_csat = float(csat is not None and csat <= th.low_csat)
         frequency = math.log1p(self.x)
         spend = math.log1p(state.spend / MONEY_UNIT)
+        # Experiences in the recent window are at most the negatives kept.
+        counts = range(len(self.negatives) + 1)
 
-        def terms(weights: Weights) -> tuple[float, tuple[float, ...], float, float, float, float]:
+        def terms(weights: Weights) -> Terms:
             w = _vector(weights)
             return (
                 weights.intercept,
@@ -92,12 +98,21 @@ class Probe:
                 w[2] * spend,
                 w[7] * detractor,
                 w[8] * low_csat,
+                tuple(w[6] * math.log1p(n) for n in counts),
             )
 
         # Terms of the score that do not depend on the instant, per weight set
         # (without a model no instant is scored with the model's weights).
         self.plain = terms(config.plain)
         self.with_model = self.plain if model is None else terms(config.with_model)
+        #: The expected-purchases term without an expectation (the plain weights'):
+        #: log(0.0 + floor), as ``features`` computes it for ``expected`` None.
+        self.no_expected = _vector(config.plain)[3] * math.log(0.0 + EXPECTED_FLOOR)
+        self.purchasing = (
+            None
+            if model is None or not days
+            else Purchasing(model.bgnbd, config.horizon_days, self.x, self.t_x)
+        )
 
     def age_days(self, now: Micros) -> float:
         """``Evidence.age_days`` at ``now``: days since the first purchase day."""
@@ -120,6 +135,8 @@ class Probe:
                 frequency_ratio = n_recent / (n_base / span * recent_days)
             if n_base and n_recent:
                 prefix = self.spend_prefix
+                if prefix is None:
+                    prefix = self.spend_prefix = list(accumulate(self.spends, initial=0))
                 base_mean = prefix[split] / n_base
                 if base_mean > 0:
                     spend_ratio = (prefix[-1] - prefix[split]) / n_recent / base_mean
@@ -131,11 +148,9 @@ class Probe:
                 experiences += 1
                 bad_support += bad
         alive = expected = None
-        model = self.model
-        if self.first_day is not None and model is not None:
-            age = (now - self.first_day * DAY) / DAY
-            alive = p_alive(model.bgnbd, self.x, self.t_x, age)
-            expected = expected_purchases(model.bgnbd, self.horizon_days, self.x, self.t_x, age)
+        purchasing = self.purchasing
+        if purchasing is not None:
+            alive, expected = purchasing.at(self.age_days(now))
         lapsed = self.lapse is not None and now >= self.lapse
         churned = self.cancelled or lapsed
         th = self.thresholds
@@ -152,17 +167,20 @@ class Probe:
         )
         if self.cancelled:
             return 1.0, churned, explained
-        intercept, w, frequency, spend, detractor, low_csat = (
+        intercept, w, frequency, spend, detractor, low_csat, experienced = (
             self.plain if expected is None else self.with_model
         )
         z = intercept
         z += w[0] * math.log1p(recency)
         z += frequency
         z += spend
-        z += w[3] * math.log((expected or 0.0) + EXPECTED_FLOOR)
+        if expected is None:
+            z += self.no_expected
+        else:
+            z += w[3] * math.log((expected or 0.0) + EXPECTED_FLOOR)
         z += w[4] * (0.0 if frequency_ratio is None else max(0.0, 1.0 - frequency_ratio))
         z += w[5] * (0.0 if spend_ratio is None else max(0.0, 1.0 - spend_ratio))
-        z += w[6] * math.log1p(experiences)
+        z += experienced[experiences]
         z += detractor
         z += low_csat
         return _sigmoid(z), churned, explained
