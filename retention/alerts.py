@@ -29,18 +29,18 @@ from typing import Final, Literal
 import msgspec
 
 from retention.model import Model
+from retention.probe import Probe
 from retention.risk import (
     RANK,
     UNKNOWN,
     Assessment,
-    Probe,
     Reason,
     RiskConfig,
     Tier,
     assess,
-    complete,
     quick_assess,
     tier_with_hysteresis,
+    value_figures,
 )
 from retention.state import CustomerState, RiskMark
 from retention.timeutil import DAY, Micros
@@ -103,24 +103,60 @@ class Lifecycle:
 
     def step(self, state: CustomerState, now: Micros) -> Alert | None:
         """Assess at ``now`` and apply the lifecycle; returns the alert, if any."""
-        interval = state.typical_interval_days()
-        quick = quick_assess(state, now, self.config, self.model, self.window, interval)
+        # One Probe scores the customer now and in the due search: the very floats
+        # of quick_assess (tests/unit/test_risk.py), without building the evidence,
+        # which only an alert's reasons need.
+        probe = Probe(state, self.config, self.model, self.window)
+        quick = probe(now)
         mark = state.risk
         if mark is None:
             mark = state.risk = RiskMark(at=now)
         if quick is None:
             return None
-        ev = quick.evidence
-        tier = tier_with_hysteresis(quick.score, mark.tier, self.config)
+        value, churned, explained = quick
+        tier = tier_with_hysteresis(value, mark.tier, self.config)
+        status = self._transition(mark, tier, churned, explained, now)
+        mark.score = value
+        mark.due = self._due(state, mark, probe)
+        lifetime, at_risk = value_figures(
+            state, value, probe.x, probe.age_days(now), self.config, self.model
+        )
+        mark.value_at_risk = cents(at_risk)
+        mark.clv = cents(lifetime)
+        if status is None:
+            return None
+        assert mark.episode is not None
+        full = quick_assess(state, now, self.config, self.model, self.window, probe.interval)
+        assert full is not None  # as the probe's: the customer has activity
+        return Alert(
+            status=status,
+            customer_id=state.customer_id,
+            tier=tier,
+            risk_score=round(value, 6),
+            reasons=full.reasons,
+            value_at_risk=round(at_risk, 2),
+            clv=round(lifetime, 2),
+            segment=state.segment,
+            starts_at=mark.episode,
+            at=now,
+            sequence=mark.sequence,
+            dedup_key=dedup_key(state.customer_id, mark.episode),
+        )
+
+    def _transition(
+        self, mark: RiskMark, tier: Tier, churned: bool, explained: bool, now: Micros
+    ) -> Status | None:
+        """Move ``mark`` to the assessment at ``now`` (``churned``: cancelled or
+        lapsed; ``explained``: some reason holds); returns the transition, if any."""
         status: Status | None = None
-        if ev.cancelled or ev.lapsed:
+        if churned:
             if mark.status != "churned":
                 status = "churned"
                 if mark.status not in OPEN:
                     mark.episode = now
         elif mark.status == "churned":
             status = "resolved"
-        elif RANK[tier] >= self.alert_rank and quick.reasons:
+        elif RANK[tier] >= self.alert_rank and explained:
             if mark.status in OPEN:
                 if mark.alerted_tier is None or RANK[tier] > RANK[mark.alerted_tier]:
                     status = "escalated"
@@ -130,7 +166,6 @@ class Lifecycle:
         elif mark.status in OPEN and RANK[tier] < self.alert_rank:
             status = "resolved"
         mark.at = now
-        mark.score = quick.score
         mark.tier = tier
         if status is not None:
             if status == "resolved":
@@ -140,27 +175,7 @@ class Lifecycle:
                 mark.alerted_tier = tier
             mark.status = status
             mark.sequence += 1
-        mark.due = self._due(state, mark, interval)
-        assessment = complete(state, quick, self.config, self.model)
-        mark.value_at_risk = cents(assessment.value_at_risk)
-        mark.clv = cents(assessment.clv)
-        if status is None:
-            return None
-        assert mark.episode is not None
-        return Alert(
-            status=status,
-            customer_id=state.customer_id,
-            tier=tier,
-            risk_score=round(assessment.score, 6),
-            reasons=assessment.reasons,
-            value_at_risk=round(assessment.value_at_risk, 2),
-            clv=round(assessment.clv, 2),
-            segment=state.segment,
-            starts_at=mark.episode,
-            at=now,
-            sequence=mark.sequence,
-            dedup_key=dedup_key(state.customer_id, mark.episode),
-        )
+        return status
 
     def changes_by(
         self, state: CustomerState, mark: RiskMark, moment: Micros, probe: Probe | None = None
@@ -188,8 +203,13 @@ class Lifecycle:
         was_churned = mark.status == "churned"
         may_fire = mark.status not in OPEN and rank >= alert_rank
         quiet = mark.quiet_until
+        churned_from = probe.churned_from
 
         def changes(moment: Micros) -> bool:
+            if churned_from is not None and moment >= churned_from:
+                # The probe would say churned (a customer with activity: not None),
+                # whatever its score: the answer is known without scoring.
+                return not was_churned
             quick = probe(moment)
             if quick is None:
                 return False
@@ -209,9 +229,7 @@ class Lifecycle:
 
         return changes
 
-    def _due(
-        self, state: CustomerState, mark: RiskMark, interval: float | None = UNKNOWN
-    ) -> Micros | None:
+    def _due(self, state: CustomerState, mark: RiskMark, probe: Probe) -> Micros | None:
         """The next instant to assess this customer if nothing happens: the first
         change within DUE_LIMIT of the last assessment, else DUE_LIMIT after it (an
         assessment then moves the search on; nobody is ever dropped).
@@ -224,7 +242,7 @@ class Lifecycle:
         if mark.status == "churned" or state.last_activity_at is None:
             return None
         horizon = mark.at + DUE_LIMIT
-        found = self.next_change(state, mark, horizon, interval)
+        found = self.next_change(state, mark, horizon, probe=probe)
         return horizon if found is None else found
 
     def next_change(
@@ -233,20 +251,24 @@ class Lifecycle:
         mark: RiskMark,
         until: Micros,
         interval: float | None = UNKNOWN,
+        probe: Probe | None = None,
     ) -> Micros | None:
         """First instant in (mark.at, until] at which ``changes_by`` holds, or None:
         the exact instants of a lapse or a cooldown end, else bisection on whole
-        days after the last assessment."""
+        days after the last assessment. ``probe``: the state's, if the caller has it."""
         start = mark.at
         if until <= start:
             return None
-        changes = self._changes(mark, Probe(state, self.config, self.model, self.window, interval))
+        if probe is None:
+            probe = Probe(state, self.config, self.model, self.window, interval)
+        changes = self._changes(mark, probe)
         lapse = state.lapse_at(self.window)
         candidates = []
         if lapse is not None and start < lapse <= until:
             candidates.append(lapse)
         # From the lapse on the customer has churned whatever the instant, so
-        # ``until`` is answered as the lapse is, and the lapse needs no probe again.
+        # ``until`` is answered as the lapse is, and the lapse needs no probe at all
+        # (``_changes`` answers it from ``Probe.churned_from``).
         if not changes(candidates[0] if candidates else until):
             return None
         if mark.quiet_until is not None and start < mark.quiet_until <= until:

@@ -133,6 +133,48 @@ def expected_purchases(m: BgNbd, t: float, x: int, t_x: float, T: float) -> floa
     return numerator / (1.0 + math.exp(log_odds))
 
 
+class Purchasing:
+    """``p_alive`` and ``expected_purchases`` (horizon ``t``) of one customer (``x``,
+    ``t_x``) at many ages ``T``: what does not depend on ``T`` computed once, the rest
+    operation for operation as those functions, so the same floats. Their shared
+    log odds, ``(r + x) log((alpha + T) / (alpha + t_x)) + log(a / (b + x - 1))``,
+    is computed once per age: the two functions add its terms in opposite orders,
+    and floating-point addition is commutative (only its association is not).
+    """
+
+    def __init__(self, m: BgNbd, t: float, x: int, t_x: float) -> None:
+        self.m, self.t, self.x = m, t, x
+        self.rx = m.r + x
+        self.bx = m.b + x
+        self.c = m.a + m.b + x - 1
+        self.first = (m.a + m.b + x - 1) / (m.a - 1)
+        self.alpha_tx = m.alpha + t_x
+        self.alpha_t = m.alpha + t
+        # max(x, 1) as p_alive: b + x - 1 only for a repeat buyer (x > 0).
+        self.log_ab = math.log(m.a / (m.b + x - 1)) if x else 0.0
+
+    def at(self, T: float) -> tuple[float, float]:
+        """``(p_alive(m, x, t_x, T), expected_purchases(m, t, x, t_x, T))``."""
+        m, t, x, rx = self.m, self.t, self.x, self.rx
+        alpha_T = m.alpha + T
+        log_odds = 0.0
+        alive = 1.0
+        if x:
+            log_odds = rx * math.log(alpha_T / self.alpha_tx) + self.log_ab
+            alive = _expit(-log_odds)
+        if t == 0:
+            return alive, 0.0
+        z = t / (alpha_T + t)
+        ln_hyp = _log_hyp_term(rx, self.bx, self.c, z)
+        exponent = ln_hyp + rx * math.log(alpha_T / (self.alpha_t + T))
+        numerator = self.first * (1.0 - math.exp(min(exponent, _EXP_MAX)))
+        if x == 0:
+            return alive, numerator
+        if log_odds > _EXP_MAX:
+            return alive, 0.0 if math.isfinite(numerator) else math.nan
+        return alive, numerator / (1.0 + math.exp(log_odds))
+
+
 def expected_spend(g: GammaGamma, x: int, mean_spend: float) -> float:
     """Expected mean spend per future purchase (Gamma-Gamma note 025, equation 5).
 

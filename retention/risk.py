@@ -21,7 +21,6 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from itertools import accumulate
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -375,17 +374,26 @@ def predicted_clv(
     With a model, purchases follow BG/NBD and Gamma-Gamma (as ``lifetimes``); without
     one, the customer's own spend per month so far continues.
     """
+    return _lifetime(state, ev.x, ev.age_days, config, model)
+
+
+def _lifetime(
+    state: CustomerState, x: int, age_days: float, config: RiskConfig, model: Model | None
+) -> float:
+    """``predicted_clv`` from the two figures of the evidence it needs (``x``, the
+    repeat purchase days, and ``age_days``), so the lifecycle can value a customer
+    without building the whole evidence."""
     months, rate = config.clv_months, config.discount_rate
     days = state.days
     value = 0.0
     if days:
         if model is not None and model.gamma_gamma is not None:
-            x = ev.x
             mean = (state.spend - days[0].spend) / x / MONEY_UNIT if x else 0.0
             t_x = float(days[-1].day - days[0].day)
-            value = clv(model.bgnbd, model.gamma_gamma, x, t_x, ev.age_days, mean, months, rate)
+            value = clv(model.bgnbd, model.gamma_gamma, x, t_x, age_days, mean, months, rate)
         else:
-            value = ev.spend / max(ev.age_days / 30.0, 1.0) * annuity(months, rate)
+            spend = state.spend / MONEY_UNIT
+            value = spend / max(age_days / 30.0, 1.0) * annuity(months, rate)
     if state.subscribed:
         value += state.monthly_fee / MONEY_UNIT * annuity(months, rate)
     return value
@@ -393,10 +401,28 @@ def predicted_clv(
 
 def forward_cost(state: CustomerState, ev: Evidence, config: RiskConfig) -> float:
     """Cost to serve over the CLV horizon, at the customer's own cost per month so far."""
+    return _cost(state, ev.age_days, config)
+
+
+def _cost(state: CustomerState, age_days: float, config: RiskConfig) -> float:
     if not state.cost_to_serve:
         return 0.0
-    per_month = state.cost_to_serve / MONEY_UNIT / max(ev.age_days / 30.0, 1.0)
+    per_month = state.cost_to_serve / MONEY_UNIT / max(age_days / 30.0, 1.0)
     return per_month * annuity(config.clv_months, config.discount_rate)
+
+
+def value_figures(
+    state: CustomerState,
+    risk: float,
+    x: int,
+    age_days: float,
+    config: RiskConfig,
+    model: Model | None,
+) -> tuple[float, float]:
+    """CLV and value at risk of a customer scored ``risk``: ``complete``'s figures
+    (it calls this), from the evidence's ``x`` and ``age_days`` alone."""
+    lifetime = _lifetime(state, x, age_days, config, model)
+    return lifetime, risk * lifetime - _cost(state, age_days, config)
 
 
 class Quick(msgspec.Struct, kw_only=True):
@@ -425,7 +451,7 @@ def complete(
     state: CustomerState, quick: Quick, config: RiskConfig, model: Model | None
 ) -> Assessment:
     ev = quick.evidence
-    lifetime = predicted_clv(state, ev, config, model)
+    lifetime, at_risk = value_figures(state, quick.score, ev.x, ev.age_days, config, model)
     return Assessment(
         score=quick.score,
         raw_tier=raw_tier(quick.score, config),
@@ -433,7 +459,7 @@ def complete(
         p_alive=ev.p_alive,
         expected=ev.expected,
         clv=lifetime,
-        value_at_risk=quick.score * lifetime - forward_cost(state, ev, config),
+        value_at_risk=at_risk,
         cancelled=ev.cancelled,
         lapsed=ev.lapsed,
     )
@@ -463,136 +489,3 @@ def quick_score(
     if ev is None:
         return None
     return score(ev, config), ev.cancelled or ev.lapsed, bool(reasons(ev, config, window))
-
-
-class Probe:
-    """``quick_score`` of one unchanging state at many instants, for the due search.
-
-    The search asks the same customer about a dozen instants per event, which made
-    scoring most of a worker's time. What does not depend on the instant (rhythm,
-    totals, latest feedback, the constant terms of the score) is computed once
-    here; the rest follows ``evidence``/``score``/``reasons`` operation for
-    operation, so the result is the same float, not merely a close one
-    (tests/unit/test_risk.py compares them bit for bit on generated histories).
-    """
-
-    def __init__(
-        self,
-        state: CustomerState,
-        config: RiskConfig,
-        model: Model | None,
-        window: Micros | None,
-        interval: float | None = UNKNOWN,
-    ) -> None:
-        self.model = model
-        self.last = state.last_activity_at
-        th = config.thresholds
-        days = state.days
-        self.day_numbers = [d.day for d in days]
-        self.spend_prefix = list(accumulate([d.spend for d in days], initial=0))
-        self.x = max(len(days) - 1, 0)
-        if interval == UNKNOWN:
-            interval = state.typical_interval_days()
-        self.rhythm = interval if interval else config.default_interval_days
-        self.negatives = [(n.at, n.code == "bad_support") for n in state.negatives]
-        nps = None if state.nps is None else _int(state.nps.value)
-        csat = None if state.csat is None else _int(state.csat.value)
-        self.feedback_reason = (nps is not None and nps <= th.detractor_nps) or (
-            csat is not None and csat <= th.low_csat
-        )
-        self.cancelled = (
-            self.last is not None
-            and state.last_cancel_at is not None
-            and state.last_cancel_at >= self.last
-        )
-        self.t_x = float(days[-1].day - days[0].day) if days else 0.0
-        self.first_day = days[0].day if days else None
-        self.recent = round(config.recent_days * DAY)
-        self.recent_days = config.recent_days
-        self.horizon_days = config.horizon_days
-        self.thresholds = th
-        self.lapse = None if self.last is None or window is None else self.last + window
-        detractor = float(nps is not None and nps <= th.detractor_nps)
-        low_csat = float(csat is not None and csat <= th.low_csat)
-        frequency = math.log1p(self.x)
-        spend = math.log1p(state.spend / MONEY_UNIT)
-
-        def terms(weights: Weights) -> tuple[float, tuple[float, ...], float, float, float, float]:
-            w = _vector(weights)
-            return (
-                weights.intercept,
-                w,
-                w[1] * frequency,
-                w[2] * spend,
-                w[7] * detractor,
-                w[8] * low_csat,
-            )
-
-        # Terms of the score that do not depend on the instant, per weight set
-        # (without a model no instant is scored with the model's weights).
-        self.plain = terms(config.plain)
-        self.with_model = self.plain if model is None else terms(config.with_model)
-
-    def __call__(self, now: Micros) -> tuple[float, bool, bool] | None:
-        last = self.last
-        if last is None:
-            return None
-        recent_days = self.recent_days
-        recency = max(0.0, (now - last) / DAY)
-        recent_from = now - self.recent
-        frequency_ratio = spend_ratio = None
-        numbers = self.day_numbers
-        if numbers:
-            split = bisect.bisect_left(numbers, -(-recent_from // DAY))
-            n_base, n_recent = split, len(numbers) - split
-            span = (recent_from - numbers[0] * DAY) / DAY
-            if n_recent and n_base >= 2 and span >= recent_days:
-                frequency_ratio = n_recent / (n_base / span * recent_days)
-            if n_base and n_recent:
-                prefix = self.spend_prefix
-                base_mean = prefix[split] / n_base
-                if base_mean > 0:
-                    spend_ratio = (prefix[-1] - prefix[split]) / n_recent / base_mean
-        experiences = bad_support = 0
-        for at, bad in reversed(self.negatives):
-            if at <= recent_from:
-                break
-            if at <= now:
-                experiences += 1
-                bad_support += bad
-        alive = expected = None
-        model = self.model
-        if self.first_day is not None and model is not None:
-            age = (now - self.first_day * DAY) / DAY
-            alive = p_alive(model.bgnbd, self.x, self.t_x, age)
-            expected = expected_purchases(model.bgnbd, self.horizon_days, self.x, self.t_x, age)
-        lapsed = self.lapse is not None and now >= self.lapse
-        churned = self.cancelled or lapsed
-        th = self.thresholds
-        explained = (
-            churned
-            or recency / self.rhythm >= th.overdue_ratio
-            or (frequency_ratio is not None and frequency_ratio <= th.frequency_ratio)
-            or (spend_ratio is not None and spend_ratio <= th.spend_ratio)
-            or self.feedback_reason
-            or bad_support >= th.bad_support
-            or experiences >= th.bad_experiences
-            or (alive is not None and self.x > 0 and alive < th.p_alive)
-            or (expected is not None and expected < th.expected_purchases)
-        )
-        if self.cancelled:
-            return 1.0, churned, explained
-        intercept, w, frequency, spend, detractor, low_csat = (
-            self.plain if expected is None else self.with_model
-        )
-        z = intercept
-        z += w[0] * math.log1p(recency)
-        z += frequency
-        z += spend
-        z += w[3] * math.log((expected or 0.0) + EXPECTED_FLOOR)
-        z += w[4] * (0.0 if frequency_ratio is None else max(0.0, 1.0 - frequency_ratio))
-        z += w[5] * (0.0 if spend_ratio is None else max(0.0, 1.0 - spend_ratio))
-        z += w[6] * math.log1p(experiences)
-        z += detractor
-        z += low_csat
-        return _sigmoid(z), churned, explained

@@ -25,6 +25,7 @@ from retention.model import (
     GammaGamma,
     Model,
     ModelError,
+    Purchasing,
     clv,
     dump_model,
     expected_purchases,
@@ -176,6 +177,20 @@ def test_extreme_inputs_stay_finite(m: BgNbd, x: int, t_x: float, T: float) -> N
         )
     g = GammaGamma(p=6.0, q=3.6, v=15.0)
     assert math.isfinite(clv(m, g, x, t_x, T, 1e6))
+
+
+@pytest.mark.parametrize("m", EXTREME_MODELS)
+@pytest.mark.parametrize(("x", "t_x", "T"), [*EXTREME_HISTORIES, (3, 40.0, 95.5), (1, 7.0, 7.0)])
+def test_purchasing_is_p_alive_and_expected_purchases_to_the_bit(
+    m: BgNbd, x: int, t_x: float, T: float
+) -> None:
+    """The probe's per-customer terms must give the very floats of the functions."""
+    for t in (0.0, 1.0, 90.0, 1e6):
+        for age in (T, T + 0.5, T * 3 + 17.25):
+            alive, expected = Purchasing(m, t, x, t_x).at(age)
+            assert alive == p_alive(m, x, t_x, age)
+            want = expected_purchases(m, t, x, t_x, age)
+            assert expected == want or (math.isnan(expected) and math.isnan(want))
 
 
 def test_long_silent_frequent_buyer_is_dead_not_an_overflow() -> None:

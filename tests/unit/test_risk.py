@@ -15,9 +15,9 @@ from retention.alerts import Lifecycle, dedup_key
 from retention.apply import DEFAULT_POLICY, apply
 from retention.evaluation import precision_at, precision_recall, roc_auc
 from retention.model import BgNbd, GammaGamma, Model
+from retention.probe import Probe
 from retention.risk import (
     DEFAULTS_PATH,
-    Probe,
     RiskConfig,
     RiskConfigError,
     Thresholds,
