@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools kafka check chaos-loop demo test lint typecheck unit agent integration reliability schemas dashboards bench soak replay-cdnow backtest-cdnow calibrate clean
+.PHONY: help install native tools kafka check chaos-loop demo test lint typecheck unit agent integration reliability schemas dashboards bench soak replay-cdnow backtest-cdnow calibrate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install churnwatch with its dev tools (.venv/bin/churnwatch)
 
-demo: $(STAMP) ## Run the demo: embedded broker, a worker, live events (DEMO_ARGS="--duration 60")
+native: $(STAMP) ## Compile the hot domain modules with mypyc into .cache/native (only when their sources changed)
+	@$(BIN)/python -c "import retention.compiled as c; c.current() or c.build()" \
+	  > .cache/native-build.log 2>&1 || { cat .cache/native-build.log; exit 1; }
+	@$(BIN)/python -c "import retention.compiled as c; print('compiled modules:', ', '.join(c.MODULES), '(current)' if c.current() else '(NOT current)')"
+
+demo: native ## Run the demo: embedded broker, a worker, live events (DEMO_ARGS="--duration 60")
 	$(BIN)/churnwatch demo $(DEMO_ARGS)
 
 tools: ## Install prometheus (+promtool), redis-server, docker-compose, Java and Maven (Debian) if missing; needs root
@@ -60,10 +65,10 @@ typecheck: $(STAMP) ## mypy on the package
 #: their output is printed when all are done, and any failing fails the target.
 SOAK_TEST = tests/integration/test_soak.py
 
-check: lint typecheck ## Lint, type-check, unit and agent tiers: no broker, a few minutes
+check: native lint typecheck ## Lint, type-check, unit and agent tiers: no broker, a few minutes
 	$(BIN)/pytest tests/unit tests/agent -q -p no:cacheprovider $(PYTEST_ARGS)
 
-test: tools kafka lint typecheck ## Lint, type-check and run every test tier (integration on Apache Kafka)
+test: native tools kafka lint typecheck ## Lint, type-check and run every test tier (integration on Apache Kafka)
 	@mkdir -p out; \
 	{ $(BIN)/pytest $(SOAK_TEST) -p no:cacheprovider --basetemp=$(CURDIR)/out/soak-tmp \
 	    > out/soak-test.log 2>&1; echo $$? > out/soak-test.status; \
@@ -78,26 +83,26 @@ test: tools kafka lint typecheck ## Lint, type-check and run every test tier (in
 	echo "integration exit $$status, soak exit $$soak_status, unit+agent exit $$units_status"; \
 	[ $$status -eq 0 ] && [ $$soak_status -eq 0 ] && [ $$units_status -eq 0 ]
 
-unit: $(STAMP) ## Pure unit tests only
+unit: native ## Pure unit tests only
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-agent: $(STAMP) ## Agent tests (Faust test context, no broker)
+agent: native ## Agent tests (Faust test context, no broker)
 	$(BIN)/pytest tests/agent $(PYTEST_ARGS)
 
-integration: $(STAMP) tools kafka ## Integration tests on Apache Kafka (CHURNWATCH_TEST_BROKER=tansu: Tansu)
+integration: native tools kafka ## Integration tests on Apache Kafka (CHURNWATCH_TEST_BROKER=tansu: Tansu)
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 RELIABILITY_TESTS = tests/integration/test_chaos.py tests/integration/test_redelivery_order.py \
   tests/integration/test_fuzz_worker.py tests/integration/test_recovery.py tests/integration/test_soak.py
 
-reliability: $(STAMP) tools kafka ## Chaos, duplicates/order, fuzz, recovery and soak tests, then their closing figures
+reliability: native tools kafka ## Chaos, duplicates/order, fuzz, recovery and soak tests, then their closing figures
 	@mkdir -p out && rm -f out/reliability.jsonl
 	CHURNWATCH_RELIABILITY_OUT=$(CURDIR)/out/reliability.jsonl $(BIN)/pytest -m '' $(RELIABILITY_TESTS) $(PYTEST_ARGS); \
 	  status=$$?; $(BIN)/python -m tests.reliability out/reliability.jsonl; exit $$status
 
 CHAOS_RUNS ?= 10
 
-chaos-loop: $(STAMP) tools kafka ## Both chaos tests CHAOS_RUNS times in a row (default 10), stopping at the first failure
+chaos-loop: native tools kafka ## Both chaos tests CHAOS_RUNS times in a row (default 10), stopping at the first failure
 	@for i in $$(seq 1 $(CHAOS_RUNS)); do \
 	  echo "== chaos pass $$i of $(CHAOS_RUNS) =="; \
 	  $(BIN)/pytest tests/integration/test_chaos.py -q -p no:cacheprovider $(PYTEST_ARGS) \
@@ -110,26 +115,26 @@ dashboards: $(STAMP) ## Regenerate deploy/grafana/dashboards/ from deploy/grafan
 schemas: $(STAMP) ## Regenerate schemas/json/ from the structs
 	$(BIN)/python -m schemas.jsonschema
 
-bench: $(STAMP) kafka ## Run the benchmarks on Apache Kafka (prints measured figures): validation, pipeline, recovery and memory (~30 min)
+bench: native kafka ## Run the benchmarks on Apache Kafka (prints measured figures): validation, pipeline, recovery and memory (~30 min)
 	$(BIN)/python -m bench.validation
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
 	$(BIN)/python -m bench.recovery $(RECOVERY_ARGS)
 
-soak: $(STAMP) kafka ## Soak one worker 10 min at 300 events/s: RSS and lag over time (SOAK_ARGS="--duration 120")
+soak: native kafka ## Soak one worker 10 min at 300 events/s: RSS and lag over time (SOAK_ARGS="--duration 120")
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
-replay-cdnow: $(STAMP) ## Replay the CDNOW purchase log (writes out/cdnow-customers.jsonl, out/cdnow-report.json)
+replay-cdnow: native ## Replay the CDNOW purchase log (writes out/cdnow-customers.jsonl, out/cdnow-report.json)
 	$(BIN)/churnwatch replay "$$($(BIN)/python -c 'import lifetimes,os;print(os.path.join(os.path.dirname(lifetimes.__file__),"datasets","CDNOW_master.txt"))')" \
 	  --format cdnow --as-of 1998-07-01T00:00:00Z --customers out/cdnow-customers.jsonl \
 	  --report out/cdnow-report.json
 
 CDNOW = "$$($(BIN)/python -c 'import lifetimes,os;print(os.path.join(os.path.dirname(lifetimes.__file__),"datasets","CDNOW_master.txt"))')"
 
-backtest-cdnow: $(STAMP) ## Backtest the risk score on CDNOW (scores at 1997-10-01, holdout to 1998-07-01)
+backtest-cdnow: native ## Backtest the risk score on CDNOW (scores at 1997-10-01, holdout to 1998-07-01)
 	$(BIN)/churnwatch backtest $(CDNOW) --format cdnow --calibration-end 1997-10-01T00:00:00Z \
 	  --holdout-end 1998-07-01T00:00:00Z --out out/cdnow-backtest.json
 
-calibrate: $(STAMP) ## Re-make retention/risk_defaults.json (CDNOW behaviour + generated feedback)
+calibrate: native ## Re-make retention/risk_defaults.json (CDNOW behaviour + generated feedback)
 	mkdir -p out/calibration
 	$(BIN)/churnwatch fit $(CDNOW) --format cdnow --as-of 1997-06-01T00:00:00Z \
 	  --out out/calibration/cdnow-model.json

@@ -27,6 +27,7 @@ from hashlib import blake2b
 from typing import Final, Literal
 
 import msgspec
+from mypy_extensions import mypyc_attr
 
 from retention.model import Model
 from retention.probe import Probe
@@ -52,6 +53,8 @@ OPEN: Final = ("firing", "escalated")
 DUE_LIMIT: Final = 730 * DAY
 
 
+# A msgspec Struct cannot be a mypyc native class (retention/compiled.py).
+@mypyc_attr(native_class=False)
 class Alert(msgspec.Struct, kw_only=True):
     """An alert as decided in the domain; the agent adds processing time and source."""
 

@@ -28,6 +28,7 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import generate_latest
 
+import retention.compiled as compiled
 from retention.risk import TIERS
 from retention.serving import customer_view
 from retention.state import decode_state
@@ -117,6 +118,8 @@ def install_views(app: ChurnwatchApp) -> None:
                     "interval_s": app.settings.batch_within,
                     "max_records": app.settings.batch_max,
                 },
+                # The domain modules running compiled (retention/compiled.py), if any.
+                "compiled": compiled.in_use(),
             }
             sink = app.redis_sink
             if app.redis_view is None or sink is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import retention.compiled as compiled
 from streams import topics
 from streams.kafka_admin import create_topics
 from streams.settings import Settings
@@ -41,6 +42,9 @@ def test_live_worker_ticks_its_partitions_and_serves_metrics(tmp_path: Path) -> 
             print(f"launch to ready: {ready_after:.1f}s")
             assert health["partitions"] == [0, 1]
             assert health["state_flush"] == {"interval_s": 0.15, "max_records": 1000}
+            # `make test` builds the compiled modules first: the worker runs them.
+            modules = sorted(name.removesuffix(".py") for name in compiled.MODULES)
+            assert sorted(health["compiled"]) == modules
             deadline = time.monotonic() + 30
             values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
             while time.monotonic() < deadline:
