@@ -29,6 +29,7 @@ from typing import Final, Literal
 import msgspec
 from mypy_extensions import mypyc_attr
 
+from retention import history
 from retention.model import Model
 from retention.probe import Probe
 from retention.risk import (
@@ -242,7 +243,7 @@ class Lifecycle:
         nothing happens, but reasons can also expire, so the search is made over
         one fixed horizon, never up to whenever the next event happens to be).
         """
-        if mark.status == "churned" or state.last_activity_at is None:
+        if mark.status == "churned" or history.last_activity_at(state) is None:
             return None
         horizon = mark.at + DUE_LIMIT
         found = self.next_change(state, mark, horizon, probe=probe)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 #: The modules compiled, by path within the ``retention`` package.
-MODULES: Final = ("probe.py", "alerts.py", "apply.py", "periods.py")
+MODULES: Final = ("probe.py", "alerts.py", "apply.py", "periods.py", "risk.py", "history.py")
 #: The shared library's name (a top-level module, on sys.path when in use).
 GROUP: Final = "churnwatch_native"
 PACKAGE: Final = Path(__file__).resolve().parent

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from retention import history
 from retention.calendar import Calendar, month_of_day
 from retention.period_book import NEVER, ROLLING_DAYS, Figures, Period, PeriodBook
 from retention.state import CustomerState, PurchaseDay, day_of
@@ -74,17 +75,17 @@ def contributions(
     if state is None:
         return [_NOTHING] * len(spans)
     active: dict[Micros, bool] = {}
-    acquired = state.acquired_at
+    acquired = history.acquired_at(state)
     days = state.days
     cancels = state.cancels
     out: list[Contribution] = []
     for start, end in spans:
         at_start = active.get(start)
         if at_start is None:
-            at_start = active[start] = state.active_before(start, window)
+            at_start = active[start] = history.active_before(state, start, window)
         at_end = active.get(end)
         if at_end is None:
-            at_end = active[end] = state.active_before(end, window)
+            at_end = active[end] = history.active_before(state, end, window)
         # Boundaries are midnights, so a period holds whole purchase days.
         first = bisect.bisect_left(days, start // DAY, key=day_of)
         last = bisect.bisect_left(days, end // DAY, key=day_of)
@@ -93,7 +94,7 @@ def contributions(
             day = days[index]
             purchases += day.count
             revenue += day.spend
-        fee = state.fee_at(start)
+        fee = history.fee_at(state, start)
         churned_fee = 0
         if fee:
             for mark in cancels:
@@ -123,7 +124,7 @@ def lapse_keys(
     its period, and its UTC day. None when it is not active; NEVER without a window."""
     if state is None:
         return None, None
-    last = state.last_activity_at
+    last = history.last_activity_at(state)
     if last is None:
         return None, None
     if state.last_cancel_at is not None and state.last_cancel_at >= last:
@@ -136,9 +137,10 @@ def lapse_keys(
 
 def acquired_month(state: CustomerState | None, calendar: Calendar) -> int | None:
     """The month of the customer's cohort; None until they have a purchase day."""
-    if state is None or state.acquired_at is None or not state.days:
+    if state is None or not state.days:
         return None
-    return calendar.month_index(state.acquired_at)
+    acquired = history.acquired_at(state)
+    return None if acquired is None else calendar.month_index(acquired)
 
 
 def _cells(acquired: int | None, days: Sequence[PurchaseDay]) -> set[tuple[int, int]]:

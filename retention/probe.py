@@ -16,6 +16,7 @@ import math
 from itertools import accumulate
 from typing import Final
 
+from retention import history
 from retention.model import Model, Purchasing
 from retention.risk import (
     EXPECTED_FLOOR,
@@ -48,7 +49,7 @@ class Probe:
         interval: float | None = UNKNOWN,
     ) -> None:
         self.model = model
-        self.last = state.last_activity_at
+        self.last = history.last_activity_at(state)
         th = config.thresholds
         days = state.days
         self.day_numbers = [d.day for d in days]
@@ -56,7 +57,7 @@ class Probe:
         self.spend_prefix: list[int] | None = None  # made when first needed
         self.x = max(len(days) - 1, 0)
         if interval == UNKNOWN:
-            interval = state.typical_interval_days()
+            interval = history.typical_interval_days(state)
         self.interval = interval
         self.rhythm = interval if interval else config.default_interval_days
         self.negatives = [(n.at, n.code == "bad_support") for n in state.negatives]

@@ -9,14 +9,14 @@ on the order they are added in, sums of integers do not.
 
 from __future__ import annotations
 
-import bisect
 import operator
 from collections.abc import Callable
 from typing import Final
 
 import msgspec
 
-from retention.timeutil import DAY, Micros
+from retention import history
+from retention.timeutil import Micros
 
 MONEY_UNIT: Final = 1_000_000  # micro-units per currency unit
 
@@ -132,11 +132,11 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
     @property
     def acquired_at(self) -> Micros | None:
         """The earliest activity (signup or purchase): when the customer was acquired."""
-        return earliest(self.first_signup_at, self.first_purchase_at)
+        return history.acquired_at(self)
 
     @property
     def last_activity_at(self) -> Micros | None:
-        return latest(self.last_signup_at, self.last_purchase_at)
+        return history.last_activity_at(self)
 
     @property
     def monthly_fee(self) -> int:
@@ -174,49 +174,19 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
 
     def last_activity_before(self, moment: Micros) -> Micros | None:
         """Latest signup or purchase strictly before ``moment`` (a UTC midnight)."""
-        # Loops, not generators: the period engine asks this several times per event.
-        last = None
-        for mark in reversed(self.signups):
-            if mark.at < moment:
-                last = mark.at
-                break
-        days = self.days
-        index = bisect.bisect_left(days, moment // DAY, key=day_of)
-        if index:
-            purchase = days[index - 1].last
-            if last is None or purchase > last:
-                last = purchase
-        return last
+        return history.last_activity_before(self, moment)
 
     def active_before(self, moment: Micros, window: Micros | None) -> bool:
         """DESIGN section 6's "active at ``moment``", from history (``moment`` a midnight)."""
-        last = self.last_activity_before(moment)
-        if last is None or (window is not None and last < moment - window):
-            return False
-        for mark in reversed(self.cancels):
-            if mark.at < moment:
-                return mark.at < last
-        return True
+        return history.active_before(self, moment, window)
 
     def fee_at(self, moment: Micros) -> int:
         """Monthly fee of the subscription running at ``moment`` (0 if none)."""
-        signup = next(
-            (m for m in reversed(self.signups) if m.at < moment and m.fee is not None), None
-        )
-        if signup is None or not signup.fee:
-            return 0
-        if any(signup.at <= m.at < moment for m in self.cancels):
-            return 0
-        return signup.fee
+        return history.fee_at(self, moment)
 
     def typical_interval_days(self) -> float | None:
         """Median gap between distinct purchase days: the customer's own rhythm."""
-        if len(self.days) < 2:
-            return None
-        numbers = [d.day for d in self.days]
-        gaps = sorted(map(operator.sub, numbers[1:], numbers))
-        mid = len(gaps) // 2
-        return float(gaps[mid]) if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
+        return history.typical_interval_days(self)
 
 
 #: Sort key of ``CustomerState.days`` (bisect's ``key``): an attrgetter runs in C,
@@ -224,18 +194,8 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
 day_of: Final[Callable[[PurchaseDay], int]] = operator.attrgetter("day")
 
 
-def earliest(a: int | None, b: int | None) -> int | None:
-    """The earlier of two optional times."""
-    if a is None:
-        return b
-    return a if b is None or a <= b else b
-
-
-def latest(a: int | None, b: int | None) -> int | None:
-    """The later of two optional times."""
-    if a is None:
-        return b
-    return a if b is None or a >= b else b
+earliest = history.earliest
+latest = history.latest
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
