@@ -33,8 +33,7 @@ from faust.types import TP, EventT
 
 from processor import ports
 from processor.batch import CustomerBatch
-from processor.partition import resume_offsets
-from retention.partition import decode_partition
+from processor.partition import decode_partition, resume_offsets
 from streams import topics
 from streams.app import ChurnwatchApp
 from streams.consumer import batches_per_take

@@ -38,9 +38,9 @@ from pathlib import Path
 import msgspec
 from aiokafka.partitioner import murmur2
 
+from processor.partition import PartitionState, encode_partition
 from retention.alerts import Lifecycle
 from retention.apply import apply
-from retention.partition import PartitionState, encode_partition
 from retention.risk import load_risk_config
 from retention.serving import customer_view
 from retention.state import CustomerState, decode_state, encode_state

@@ -18,8 +18,8 @@ import msgspec
 
 from processor.arrival import ORDER, Arrival, Source, forwarded
 from processor.days import DayBuckets
+from processor.partition import PartitionState
 from processor.ports import TP
-from retention.partition import PartitionState
 from retention.timeutil import DAY, Micros
 from schemas.decode import EventDecoder
 from streams import routing, topics

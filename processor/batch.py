@@ -35,13 +35,12 @@ from processor.commit import CommitPlan
 from processor.customers import Rules, Touched, fold
 from processor.due import DueBuckets
 from processor.intake import Counts, Intake
-from processor.partition import Partitions, begin_batch
+from processor.partition import Partitions, PartitionState, begin_batch
 from processor.ports import TP, Parts, records_of
 from processor.positions import Positions
 from processor.routing import Router
 from retention.alerts import Alert
 from retention.calendar import Calendar
-from retention.partition import PartitionState
 from retention.periods import PeriodEngine
 
 log = logging.getLogger(__name__)

@@ -38,8 +38,7 @@ from typing import Any
 from processor import outbox
 from processor.alignment import PendingBuckets
 from processor.due import DueBuckets
-from processor.partition import Partitions
-from retention.partition import PartitionState
+from processor.partition import Partitions, PartitionState
 from retention.state import CustomerState, encode_state
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from processor.arrival import Arrival
 from processor.intake import Counts
+from processor.partition import PartitionState
 from retention.alerts import Alert, Lifecycle
 from retention.apply import Applied, Policy, apply
-from retention.partition import PartitionState, RiskSummary
+from retention.partition import RiskSummary
 from retention.periods import PeriodEngine
 from retention.state import CustomerState, decode_state
 from retention.timeutil import Micros

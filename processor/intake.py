@@ -22,11 +22,11 @@ import msgspec
 
 from processor import routing as routes
 from processor.arrival import Arrival, forwarded
-from processor.partition import processed
+from processor.partition import PartitionState, processed
 from processor.ports import Sender
 from processor.routing import Router
 from retention.apply import id_hash, money
-from retention.partition import MONEY_BUDGET, PartitionState
+from retention.partition import MONEY_BUDGET
 from retention.periods import PeriodEngine
 from retention.timeutil import DAY, SECOND, Micros, to_micros
 from schemas.deadletter import DEADLETTER_MAX_BYTES, DeadLetter

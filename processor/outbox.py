@@ -19,10 +19,10 @@ from typing import Any
 
 import msgspec
 
+from processor.partition import PartitionState
 from processor.ports import Sender
 from processor.routing import Router
 from retention.alerts import Alert
-from retention.partition import PartitionState
 from retention.timeutil import from_micros
 from schemas.alert import AlertReason, AlertRecord, AlertSource
 from streams import routing, topics

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from processor.partition import PartitionState
 from processor.ports import TP, Offsets
-from retention.partition import PartitionState
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from collections.abc import Callable, Container, Iterable
 from typing import Any, Final
 
 from processor.arrival import Source, forwarded
+from processor.partition import PartitionState
 from processor.ports import Offsets, Sender
-from retention.partition import PartitionState, PeerProgress
+from retention.partition import PeerProgress
 from retention.timeutil import Micros
 from schemas.decode import Rejected
 from streams import routing, topics

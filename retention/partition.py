@@ -1,13 +1,13 @@
-"""State of one input partition: its event-time clock and exact counters.
+"""The retention figures of one input partition: its event-time clock, exact
+counters and the sums over its customers.
 
-Counters must survive restarts and must not double-count redelivered input, so
-the record also carries the processor's bookkeeping: the highest offset processed
-per source topic (a message at or below it is a redelivery, applied again,
-idempotently, but not counted again), the offsets before the last batch, the keys
-of the outbox, the sources of forwarded events. Those fields are part of the stored
-record, so they are declared here with the rest (one msgpack map, its field order
-unchanged); what is done with them lives in the processor (processor/partition.py,
-processor/commit.py), not here.
+These are domain figures: nothing here knows where the input comes from. The
+partition's stored record (processor/partition.py, ``PartitionState``) extends them
+with the processor's delivery bookkeeping (offsets read, where a new owner resumes,
+the outbox's keys, the sources of forwarded events), which is what keeps the
+counters exact under at-least-once delivery; both are one msgpack map by field
+name, so ``decode_figures`` reads these figures out of a stored record and skips
+the rest.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class PeerProgress(msgspec.Struct, array_like=True, frozen=True):
     idle: tuple[str, ...] = ()
 
 
-class PartitionState(msgspec.Struct, kw_only=True):
-    """The record of one input partition.
+class PartitionFigures(msgspec.Struct, kw_only=True):
+    """The retention figures of one input partition.
 
     The watermark is the event time up to which this partition's input is taken to
     be complete: the greater of the latest clock tick and the *least* of the input
@@ -64,12 +64,6 @@ class PartitionState(msgspec.Struct, kw_only=True):
     duplicates: int = 0
     late: int = 0
     ticks: int = 0
-    offsets: dict[str, int] = msgspec.field(default_factory=dict)
-    #: ``offsets`` as they were before the batch that last wrote this record: that
-    #: batch's customer records follow this record in the changelog and a crash may
-    #: have cut them off, so a new owner resumes reading from here (see
-    #: processor/partition.py, ``resume_offsets``) and redoes the batch, uncounted.
-    previous: dict[str, int] = msgspec.field(default_factory=dict)
     periods: PeriodBook = msgspec.field(default_factory=PeriodBook)
     #: UTC days that have a bucket of customers due for re-assessment (sorted).
     due_days: list[int] = msgspec.field(default_factory=list)
@@ -87,14 +81,6 @@ class PartitionState(msgspec.Struct, kw_only=True):
     pending_days: list[int] = msgspec.field(default_factory=list)
     #: Events waiting; counted in ``consumed``, not yet in valid or duplicates.
     pending: int = 0
-    #: Sort key (at, tie, topic, offset) of the last event released from waiting:
-    #: after a crash, a waiting event at or below it was released (and counted) by
-    #: a batch whose partition record was stored, so it is applied again uncounted.
-    released: tuple[int, int, str, int] | None = None
-    #: Keys of the records holding alerts not yet known to be delivered (the agent's
-    #: outbox), so that a new owner finds them without reading every key of the
-    #: table. None: written before this index existed.
-    outbox: list[bytes] | None = None
     #: Money applied on the partition (micro-units): every money sum kept in state
     #: (a customer's spend, a period's revenue, MRR) is at most this, so keeping it
     #: under ``MONEY_BUDGET`` keeps them all within 64-bit integers.
@@ -107,10 +93,6 @@ class PartitionState(msgspec.Struct, kw_only=True):
     #: consumed = valid + deadletter + duplicates + pending.
     forwarded: int = 0
     received: int = 0
-    #: Per source ("topic/partition"), the highest source offset of a forwarded event
-    #: read here: a forward sent again (by a new owner of the source partition, from
-    #: its outbox) is recognised by it and neither applied nor counted again.
-    routed: dict[str, int] = msgspec.field(default_factory=dict)
     #: Highest event time of a forwarded event read here (not a topic's frontier:
     #: forwards come from every other partition, each at its own pace).
     routed_frontier: Micros | None = None
@@ -227,13 +209,11 @@ class PartitionState(msgspec.Struct, kw_only=True):
             self.watermark = moment
 
 
-_ENCODER = msgspec.msgpack.Encoder()
-_DECODER = msgspec.msgpack.Decoder(PartitionState)
+#: Unknown fields are skipped (msgspec's default for a map): a stored partition
+#: record also holds the processor's fields, which these figures do not need.
+_FIGURES = msgspec.msgpack.Decoder(PartitionFigures)
 
 
-def encode_partition(state: PartitionState) -> bytes:
-    return _ENCODER.encode(state)
-
-
-def decode_partition(data: bytes) -> PartitionState:
-    return _DECODER.decode(data)
+def decode_figures(data: bytes) -> PartitionFigures:
+    """The figures of a stored partition record (processor/partition.py)."""
+    return _FIGURES.decode(data)

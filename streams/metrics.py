@@ -23,7 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from retention.partition import PartitionState
+from retention.partition import PartitionFigures
 from retention.risk import TIERS
 from retention.state import MONEY_UNIT
 from retention.timeutil import DAY, SECOND
@@ -60,7 +60,7 @@ PERIOD_GAUGES: dict[str, tuple[str, str, float]] = {
 }
 #: Cohorts exported (the newest) and month offsets per cohort: a bounded label set.
 COHORT_MONTHS = 12
-#: PartitionState counters exported per partition: consumed + received = valid +
+#: PartitionFigures counters exported per partition: consumed + received = valid +
 #: deadletter + duplicates + pending + forwarded (retention/partition.py).
 PARTITION_OUTCOMES = (
     "consumed", "valid", "deadletter", "duplicates", "late", "pending", "forwarded", "received",
@@ -69,7 +69,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 
 class PartitionCollector(Collector):
-    def __init__(self, partitions: Callable[[], Iterable[PartitionState]]) -> None:
+    def __init__(self, partitions: Callable[[], Iterable[PartitionFigures]]) -> None:
         self._partitions = partitions
 
     def collect(self) -> Iterator[Metric]:
@@ -213,7 +213,7 @@ class PipelineMetrics:
 
     def __init__(
         self,
-        partitions: Callable[[], Iterable[PartitionState]],
+        partitions: Callable[[], Iterable[PartitionFigures]],
         lag: LagReader | None = None,
     ) -> None:
         # ``*_created`` series double the output and no dashboard uses them.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from retention.partition import PartitionState, decode_partition
+from retention.partition import PartitionFigures, decode_figures
 from streams import topics
 
 if TYPE_CHECKING:  # the processor imports these keys without importing Faust
@@ -62,10 +62,12 @@ def assigned_partitions(app: faust.App) -> list[int]:
     return sorted(tp.partition for tp in actives if tp.topic == topics.CLOCK)
 
 
-def partition_states(app: faust.App, table: Any) -> list[PartitionState]:
+def partition_states(app: faust.App, table: Any) -> list[PartitionFigures]:
+    """The figures of the partitions this worker owns (for metrics and the web view:
+    the processor's bookkeeping in the same records is not read)."""
     states = []
     for partition in assigned_partitions(app):
         raw = table.get(partition_state_key(partition))
         if raw is not None:
-            states.append(decode_partition(raw))
+            states.append(decode_figures(raw))
     return states

@@ -24,7 +24,7 @@ from typing import Any, Literal, overload
 import msgspec
 from aiokafka import AIOKafkaProducer
 
-from retention.partition import PartitionState, decode_partition
+from processor.partition import PartitionState, decode_partition
 from retention.state import CustomerState, decode_state
 from retention.timeutil import DAY, SECOND, Micros, from_micros, to_micros
 from schemas.decode import EventDecoder, Rejected

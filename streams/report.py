@@ -8,10 +8,11 @@ ratios of DESIGN section 6 from the sums, never from one partition's ratios.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from retention.calendar import Calendar
-from retention.partition import PartitionState
+from retention.partition import PartitionFigures
 from retention.periods import Figures
 from retention.state import MONEY_UNIT
 from retention.timeutil import Micros, iso
@@ -51,7 +52,7 @@ def period_line(label: str, start: Micros, end: Micros, f: Figures) -> dict[str,
 
 
 def build_report(
-    partitions: list[PartitionState],
+    partitions: Sequence[PartitionFigures],
     as_of: Micros,
     customers: int,
     events: dict[str, int],

@@ -18,7 +18,7 @@ Two kinds of record travel on the repartition topic, msgpack-encoded, tagged:
   home judges its lateness by (forwarding takes time; it does not make an event late).
 - ``Progress``: how far a partition has read its part of the input topics, sent to
   every other partition after the forwards of what it describes. A partition applies
-  nothing past what every other one has read (``PartitionState.align``), as it does
+  nothing past what every other one has read (``PartitionFigures.align``), as it does
   for its own topics, so forwarded events are applied in event-time order with the
   rest, as if their producer had put them on the right partition.
 """

@@ -40,7 +40,7 @@ from unittest import mock
 
 import msgspec
 
-from retention.partition import decode_partition
+from processor.partition import decode_partition
 from retention.timeutil import Micros, from_micros, parse_time
 from streams.generator import write_history
 from streams.inputs import Record, read_events

@@ -23,10 +23,9 @@ import msgspec
 
 from processor import testing
 from processor.batch import CustomerBatch
-from processor.partition import resume_offsets
+from processor.partition import decode_partition, resume_offsets
 from processor.testing import Message, Received
 from processor.testing import Sender as Sent
-from retention.partition import decode_partition
 from retention.state import CustomerState, decode_state
 from retention.timeutil import Micros, from_micros
 from schemas.events import ClockTick

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from processor.partition import PartitionState
 from retention.alerts import dedup_key
-from retention.partition import PartitionState
 from retention.state import CustomerState
 from retention.timeutil import Micros, parse_time
 from tests.fleet import Event

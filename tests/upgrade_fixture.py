@@ -43,7 +43,7 @@ from unittest import mock
 
 import msgspec
 
-from retention.partition import decode_partition
+from processor.partition import decode_partition
 from retention.state import decode_state
 from retention.timeutil import Micros, from_micros, parse_time
 from streams.generator import write_history
@@ -68,7 +68,7 @@ HISTORY: dict[str, Any] = {
 ENCODING = (
     "msgspec {msgspec} msgpack: customer records retention.state.CustomerState "
     "(array_like, fields by position); the partition record "
-    "retention.partition.PartitionState (a map by field name); due buckets "
+    "processor.partition.PartitionState (a map by field name); due buckets "
     "dict[bytes, int]; waiting buckets lists of (topic, offset, at, tie, key, value, "
     "watermark, timestamp); outbox records lists of (key, JSON alert)"
 )

@@ -41,8 +41,9 @@ from faust.types import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from processor.partition import PartitionState, decode_partition
 from retention.apply import money
-from retention.partition import MONEY_BUDGET, PartitionState, decode_partition
+from retention.partition import MONEY_BUDGET
 from retention.state import CustomerState, decode_state
 from streams import topics
 from streams.app import ChurnwatchApp, create_app

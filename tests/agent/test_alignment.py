@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processor.batch import CustomerBatch
-from retention.partition import decode_partition, encode_partition
+from processor.partition import decode_partition, encode_partition
 from retention.timeutil import parse_time
 from streams import topics
 from streams.inputs import Record

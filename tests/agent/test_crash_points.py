@@ -24,8 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processor.batch import CustomerBatch
-from processor.partition import resume_offsets
-from retention.partition import PartitionState, decode_partition
+from processor.partition import PartitionState, decode_partition, resume_offsets
 from retention.timeutil import parse_time
 from streams import topics
 from streams.inputs import Record

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from faust.types import Message
 
-from retention.partition import PartitionState, decode_partition
+from processor.partition import PartitionState, decode_partition
 from retention.state import CustomerState, decode_state
 from streams import topics
 from streams.app import ChurnwatchApp, create_app

@@ -20,7 +20,7 @@ import pytest
 from faust.types import TP
 
 import processor.positions
-from retention.partition import decode_partition
+from processor.partition import decode_partition
 from retention.timeutil import parse_time
 from streams import topics
 from streams.inputs import Record

@@ -24,9 +24,9 @@ from faust.types import TP
 
 from processor import testing
 from processor.batch import CustomerBatch
+from processor.partition import PartitionState, decode_partition, encode_partition
 from processor.routing import Router
 from retention.calendar import Calendar
-from retention.partition import PartitionState, decode_partition, encode_partition
 from retention.state import CustomerState, decode_state
 from retention.timeutil import Micros, from_micros, parse_time
 from schemas.events import ClockTick

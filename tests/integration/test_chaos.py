@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from retention.partition import decode_partition
+from processor.partition import decode_partition
 from retention.timeutil import from_micros, parse_time
 from streams import topics
 from streams.generator import write_history

@@ -185,7 +185,7 @@ def test_negative_experiences_are_bounded() -> None:
 
 
 def test_watermark_is_the_slowest_topic_or_the_clock() -> None:
-    from retention.partition import PartitionState
+    from processor.partition import PartitionState
 
     part = PartitionState(partition=0)
     part.observe("purchases", 100, inputs=2)

@@ -23,9 +23,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from processor.partition import PartitionState
 from retention.apply import apply, id_hash, money
 from retention.calendar import Calendar
-from retention.partition import PartitionState
 from retention.periods import PeriodEngine
 from retention.state import CustomerState
 from retention.timeutil import DAY, SECOND, to_micros

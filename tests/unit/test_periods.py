@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from processor.partition import PartitionState
 from retention.apply import Policy, apply
 from retention.calendar import Calendar
-from retention.partition import PartitionState
 from retention.periods import PeriodBook, PeriodEngine
 from retention.state import CustomerState
 from retention.timeutil import DAY, HOUR, to_micros

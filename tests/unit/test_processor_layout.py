@@ -1,5 +1,6 @@
-"""The processor's layout holds: no Faust in the processor or the domain, every
-Faust internal in agents/delivery.py, modules and functions of a readable size."""
+"""The processor's layout holds: no Faust in the processor or the domain, the domain
+importing none of the layers above it, every Faust internal in agents/delivery.py,
+modules and functions of a readable size."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ PROCESSOR = sorted((ROOT / "processor").glob("*.py"))
 RETENTION = sorted((ROOT / "retention").glob("*.py"))
 SHELL = [ROOT / "agents" / "customers.py", ROOT / "agents" / "delivery.py"]
 KAFKA = ("faust", "aiokafka", "mode", "kafka", "confluent_kafka")
+#: What the domain (retention/) never imports: the layers over it and their services.
+ABOVE_DOMAIN = ("processor", "streams", "agents", "bench", "prometheus_client", "redis")
 #: Faust's and aiokafka's internals the agent relies on (agents/delivery.py).
 INTERNALS = ("_current_event", "_committed_offset", "_commit_offsets", "perform_seek")
 
@@ -32,6 +35,11 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.parametrize("path", PROCESSOR + RETENTION, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_no_kafka_client_imported(path: Path) -> None:
     assert not _imports(path) & set(KAFKA)
+
+
+@pytest.mark.parametrize("path", RETENTION, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_domain_imports_no_layer_above_it(path: Path) -> None:
+    assert not _imports(path) & set(ABOVE_DOMAIN)
 
 
 def test_the_processor_runs_without_faust() -> None:

@@ -10,8 +10,9 @@ import msgspec
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
+from processor.partition import PartitionState, decode_partition, encode_partition
 from processor.routing import PROGRESS_EVERY, Router
-from retention.partition import PartitionState, PeerProgress, decode_partition, encode_partition
+from retention.partition import PeerProgress
 from streams import topics
 from streams.routing import (
     OUTBOX_BYTES,

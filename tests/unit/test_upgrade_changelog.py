@@ -24,7 +24,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from retention.partition import decode_partition
+from processor.partition import decode_partition
 from retention.state import decode_state
 from streams.inputs import Record
 from streams.partitions import OUTBOX, is_customer_key, is_partition_key

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from processor.partition import PartitionState
 from retention.alerts import Lifecycle
 from retention.apply import DEFAULT_POLICY, apply
-from retention.partition import PartitionState, RiskSummary
+from retention.partition import RiskSummary
 from retention.risk import load_risk_config
 from retention.serving import customer_view
 from retention.state import CustomerState
