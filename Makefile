@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install churnwatch with its dev tools (.venv/bin/churnwatch)
 
 native: $(STAMP) ## Compile the hot domain modules with mypyc into .cache/native (only when their sources changed)
-	@$(BIN)/python -c "import retention.compiled as c; c.current() or c.build()" \
+	@mkdir -p .cache; $(BIN)/python -c "import retention.compiled as c; c.current() or c.build()" \
 	  > .cache/native-build.log 2>&1 || { cat .cache/native-build.log; exit 1; }
 	@$(BIN)/python -c "import retention.compiled as c; print('compiled modules:', ', '.join(c.MODULES), '(current)' if c.current() else '(NOT current)')"
 
