@@ -89,6 +89,9 @@ class FaustOffsets:
         landed = getattr(self.app.consumer, "landed", {})
         return cast(tuple[int, int] | None, landed.get(TP(*tp)))
 
+    def forget_landing(self, tp: ports.TP) -> None:
+        getattr(self.app.consumer, "landed", {}).pop(TP(*tp), None)
+
     def committed(self, tp: ports.TP) -> int | None:
         return cast(int | None, cast(Any, self.app.consumer)._committed_offset.get(TP(*tp)))
 

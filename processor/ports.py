@@ -84,6 +84,9 @@ class Offsets(Protocol):
         """The last seek on ``tp`` that took effect: (offset sought, offset of the
         first record fetched after it)."""
 
+    def forget_landing(self, tp: TP) -> None:
+        """Drop ``landed(tp)``: shown stale, until the next seek lands."""
+
     def committed(self, tp: TP) -> int | None:
         """The group's committed offset of ``tp``, as the consumer knows it."""
 

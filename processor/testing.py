@@ -58,6 +58,9 @@ class Offsets:
     def landed(self, tp: TP) -> tuple[int, int] | None:
         return self.landings.get(tp)
 
+    def forget_landing(self, tp: TP) -> None:
+        self.landings.pop(tp, None)
+
     def committed(self, tp: TP) -> int | None:
         return self.commits.get(tp)
 

@@ -188,6 +188,12 @@ class InlineConsumer(aiokafka_driver.Consumer):
         self._forget(revoked)
         await super().on_partitions_revoked(revoked)
 
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        # A new assignment resets positions (to the committed offsets): a seek made
+        # before it, even after the revocation, no longer says where reading resumes.
+        self._forget(assigned)
+        await super().on_partitions_assigned(assigned, generation_id)
+
     def _forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:
             self._sought.pop(tp, None)
