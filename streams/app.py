@@ -26,6 +26,7 @@ from streams.metrics import PipelineMetrics
 from streams.partitions import partition_states
 from streams.redis_sink import RedisSink
 from streams.redis_view import RedisView
+from streams.restore import RestoringTableManager
 from streams.security import broker_credentials, client_security
 from streams.settings import Settings
 from streams.tansu import install_end_offset_fix
@@ -102,6 +103,8 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         "producer_max_batch_size": 1024 * 1024,
         "producer_max_request_size": 4 * 1024 * 1024,
         "topic_disable_leader": True,
+        # Recovery preceded by a batched restore of the changelogs (streams/restore.py).
+        **({"TableManager": RestoringTableManager} if settings.batched_restore else {}),
         "timezone": "UTC",
     }
 

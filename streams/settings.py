@@ -82,6 +82,11 @@ class Settings:
     session_timeout: float = 10.0
     commit_interval: float = 1.0
     standby_replicas: int = 1
+    #: Restore tables from their changelogs in batches before Faust's recovery
+    #: (streams/restore.py), for changelog partitions with at least
+    #: ``batched_restore_min`` records to read; Faust's own recovery reads the rest.
+    batched_restore: bool = True
+    batched_restore_min: int = 10_000
     log_level: str = "warning"
     #: BG/NBD + Gamma-Gamma parameters from ``churnwatch fit`` ("" = score without).
     model: str = ""
@@ -114,6 +119,8 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}REDIS_URL: expected redis://host:port/db, got {self.redis_url!r}"
             )
+        if self.batched_restore_min < 1:
+            raise SettingsError(f"{PREFIX}BATCHED_RESTORE_MIN: must be at least 1")
         if self.dedup_ids < 0:
             raise SettingsError(f"{PREFIX}DEDUP_IDS: must be 0 (remember every id) or more")
         if not self.broker.startswith(("kafka://", "aiokafka://")):

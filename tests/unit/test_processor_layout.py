@@ -15,11 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 PROCESSOR = sorted((ROOT / "processor").glob("*.py"))
 RETENTION = sorted((ROOT / "retention").glob("*.py"))
 SHELL = [ROOT / "agents" / "customers.py", ROOT / "agents" / "delivery.py"]
+RESTORE = ROOT / "streams" / "restore.py"
 KAFKA = ("faust", "aiokafka", "mode", "kafka", "confluent_kafka")
 #: What the domain (retention/) never imports: the layers over it and their services.
 ABOVE_DOMAIN = ("processor", "streams", "agents", "bench", "prometheus_client", "redis")
 #: Faust's and aiokafka's internals the agent relies on (agents/delivery.py).
 INTERNALS = ("_current_event", "_committed_offset", "_commit_offsets", "perform_seek")
+#: Faust's recovery internals the batched restore relies on (streams/restore.py).
+RECOVERY_INTERNALS = ("_build_offsets", "active_offsets", "active_highwaters", "tp_to_table")
 
 
 def _imports(path: Path) -> set[str]:
@@ -58,7 +61,18 @@ def test_faust_internals_only_in_the_delivery_module() -> None:
         assert not [name for name in INTERNALS if name in text], path
 
 
-@pytest.mark.parametrize("path", PROCESSOR + SHELL, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_faust_recovery_internals_only_in_the_restore_module() -> None:
+    for path in [*PROCESSOR, *(ROOT / "agents").glob("*.py"), *(ROOT / "streams").glob("*.py")]:
+        if path == RESTORE:
+            continue
+        text = path.read_text()
+        assert not [name for name in RECOVERY_INTERNALS if name in text], path
+    assert "faust-streaming 0.15.3" in RESTORE.read_text()
+
+
+@pytest.mark.parametrize(
+    "path", [*PROCESSOR, *SHELL, RESTORE], ids=lambda p: f"{p.parent.name}/{p.name}"
+)
 def test_modules_and_functions_stay_small(path: Path) -> None:
     text = path.read_text()
     assert text.count("\n") <= 400
