@@ -2,8 +2,9 @@
 
 Leaks and slowly growing backlogs do not show in tests that last seconds. This runs
 one real worker process on an embedded broker, feeds it a generated business at a
-fixed rate for a set time, samples its resident memory, consumer lag and events
-processed, and fails when memory keeps growing after warm-up or lag keeps growing.
+fixed rate for a set time, samples its resident memory, its backlog, the group's committed
+lag and events processed, and fails when memory keeps growing after warm-up or the
+worker falls behind (``bench/soak_verdict.py`` says which lag is bounded how).
 
 The stream is a window of a generated history (``streams/generator.py``): its
 customers are those born before the window opens, so the set of keys the worker
@@ -30,13 +31,12 @@ import asyncio
 import contextlib
 import json
 import math
-import statistics
 import sys
 import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.soak_verdict import Bounds, Sample, Summary, summarize
 from retention.timeutil import DAY, SECOND, Micros, from_micros, iso
 from schemas.events import ClockTick
 from streams import topics
@@ -191,22 +192,6 @@ async def _ticks(
 
 
 # --- samples -------------------------------------------------------------------------------------
-@dataclass
-class Sample:
-    t: float  # seconds since publishing started
-    rss_mb: float
-    lag: int  # records in the consumed topics the worker's group has not committed
-    events: int  # input messages the worker consumed (clock ticks not counted)
-    published: int
-    alerts: int = 0
-    due_assessments: int = 0  # customers re-assessed because time passed (lapses)
-    deadletter: int = 0
-    duplicates: int = 0
-    late: int = 0
-    customers: int = 0
-    watermark: str | None = None  # the slowest partition's event time
-
-
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` and its children (psutil, else /proc)."""
     try:
@@ -284,86 +269,6 @@ async def take_sample(
     )
 
 
-# --- the verdict ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Bounds:
-    max_rss_growth_mb: float  # after warm-up, above the RSS at its end
-    max_lag: int  # largest lag allowed in the last quarter of the run
-    max_lag_slope: float  # messages per minute, after warm-up
-
-
-@dataclass
-class Summary:
-    warmup_end: float
-    rss_at_warmup_mb: float
-    rss_max_after_warmup_mb: float
-    rss_growth_mb: float
-    rss_slope_mb_per_min: float
-    lag_slope_per_min: float
-    lag_max_last_quarter: int
-    events: int
-    events_per_s: float
-    failures: list[str] = field(default_factory=list)
-
-
-def slope_per_minute(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope of (seconds, value) points, per minute (0 for fewer than 2)."""
-    if len(points) < 2 or len({t for t, _ in points}) < 2:
-        return 0.0
-    xs, ys = zip(*points, strict=True)
-    return statistics.linear_regression(xs, ys).slope * 60.0
-
-
-def summarize(samples: list[Sample], duration: float, warmup: float, bounds: Bounds) -> Summary:
-    """Figures after warm-up and the bounds they break.
-
-    Growth is the highest RSS after warm-up less the RSS at its end: one spike counts,
-    which errs towards failing. Lag is growing when the last quarter of the run sees
-    more than ``max_lag`` or the post-warm-up trend exceeds ``max_lag_slope``.
-    """
-    run = sorted(samples, key=lambda s: s.t)
-    if not run:
-        raise ValueError("no samples")
-    before = [s for s in run if s.t <= warmup]
-    base = before[-1] if before else run[0]
-    after = [s for s in run if s.t >= base.t]
-    last_quarter = [s for s in run if s.t >= duration * 0.75] or run[-1:]
-    rss_max = max(s.rss_mb for s in after)
-    end = run[-1]
-    summary = Summary(
-        warmup_end=base.t,
-        rss_at_warmup_mb=base.rss_mb,
-        rss_max_after_warmup_mb=rss_max,
-        rss_growth_mb=round(rss_max - base.rss_mb, 2),
-        rss_slope_mb_per_min=round(slope_per_minute([(s.t, s.rss_mb) for s in after]), 3),
-        lag_slope_per_min=round(slope_per_minute([(s.t, s.lag) for s in after]), 1),
-        lag_max_last_quarter=max(s.lag for s in last_quarter),
-        events=end.events,
-        events_per_s=round(end.events / end.t, 1) if end.t > 0 else 0.0,
-    )
-    if len(after) < 3:
-        summary.failures.append(
-            f"only {len(after)} samples after warm-up: sample more often or run longer"
-        )
-    if summary.rss_growth_mb > bounds.max_rss_growth_mb:
-        summary.failures.append(
-            f"RSS grew {summary.rss_growth_mb:.1f} MB after warm-up (bound "
-            f"{bounds.max_rss_growth_mb:g} MB): {base.rss_mb:.1f} MB at {base.t:.0f}s, "
-            f"{rss_max:.1f} MB at most later; slope {summary.rss_slope_mb_per_min:.2f} MB/min"
-        )
-    if summary.lag_max_last_quarter > bounds.max_lag:
-        summary.failures.append(
-            f"lag reached {summary.lag_max_last_quarter:,} in the last quarter of the run "
-            f"(bound {bounds.max_lag:,}): the worker is not keeping up"
-        )
-    if summary.lag_slope_per_min > bounds.max_lag_slope:
-        summary.failures.append(
-            f"lag grew {summary.lag_slope_per_min:,.0f} messages/min after warm-up "
-            f"(bound {bounds.max_lag_slope:,.0f}): the worker is falling behind"
-        )
-    return summary
-
-
 # --- the run -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SoakPlan:
@@ -378,8 +283,9 @@ class SoakPlan:
     tick_delay: float = 3.0
     drain_timeout: float = 60.0
     max_rss_growth_mb: float = 40.0
-    max_lag: int | None = None  # None: ten seconds of input
-    max_lag_slope: float | None = None  # None: one second of input per minute
+    max_backlog: int | None = None  # None: ten seconds of input
+    max_backlog_slope: float | None = None  # None: one second of input per minute
+    max_lag: int | None = None  # committed lag; None: thirty seconds of input
     embedded: str = "kafka"  # the broker to run on (streams.embedded)
 
     @property
@@ -400,8 +306,11 @@ class SoakPlan:
     def bounds(self) -> Bounds:
         return Bounds(
             max_rss_growth_mb=self.max_rss_growth_mb,
-            max_lag=round(10 * self.rate) if self.max_lag is None else self.max_lag,
-            max_lag_slope=self.rate if self.max_lag_slope is None else self.max_lag_slope,
+            max_backlog=round(10 * self.rate) if self.max_backlog is None else self.max_backlog,
+            max_backlog_slope=(
+                self.rate if self.max_backlog_slope is None else self.max_backlog_slope
+            ),
+            max_lag=round(30 * self.rate) if self.max_lag is None else self.max_lag,
         )
 
 
@@ -481,7 +390,8 @@ def _progress(sample: Sample, previous: Sample | None) -> str:
     if previous is not None and sample.t > previous.t:
         rate = f" ({(sample.events - previous.events) / (sample.t - previous.t):,.0f}/s)"
     return (
-        f"{sample.t:6.0f}s  rss {sample.rss_mb:7.1f} MB  lag {sample.lag:6,}  "
+        f"{sample.t:6.0f}s  rss {sample.rss_mb:7.1f} MB  backlog {sample.backlog:6,}  "
+        f"committed lag {sample.lag:6,}  "
         f"events {sample.events:9,}{rate:<9}  alerts {sample.alerts:6,}  "
         f"event time {(sample.watermark or '-')[:10]}"
     )
@@ -568,8 +478,10 @@ def run_soak(
 # --- the report ----------------------------------------------------------------------------------
 def report(result: SoakResult) -> str:
     s, bounds = result.summary, result.plan["bounds"]
-    lines = [f"\n{'time s':>8}{'RSS MB':>10}{'lag':>9}{'events':>11}"]
-    lines += [f"{x.t:8.0f}{x.rss_mb:10.1f}{x.lag:9,}{x.events:11,}" for x in result.samples]
+    lines = [f"\n{'time s':>8}{'RSS MB':>10}{'backlog':>9}{'lag':>9}{'events':>11}"]
+    lines += [
+        f"{x.t:8.0f}{x.rss_mb:10.1f}{x.backlog:9,}{x.lag:9,}{x.events:11,}" for x in result.samples
+    ]
     final = result.final
     lines += [
         "",
@@ -577,9 +489,11 @@ def report(result: SoakResult) -> str:
         f"RSS after warm-up      max {s.rss_max_after_warmup_mb:.1f} MB, growth "
         f"{s.rss_growth_mb:.1f} MB (bound {bounds['max_rss_growth_mb']:g}), "
         f"slope {s.rss_slope_mb_per_min:+.2f} MB/min",
-        f"lag after warm-up      slope {s.lag_slope_per_min:+,.0f} messages/min (bound "
-        f"{bounds['max_lag_slope']:,.0f}), last-quarter max {s.lag_max_last_quarter:,} "
-        f"(bound {bounds['max_lag']:,})",
+        f"backlog after warm-up  slope {s.backlog_slope_per_min:+,.0f} messages/min (bound "
+        f"{bounds['max_backlog_slope']:,.0f}), last-quarter max "
+        f"{s.backlog_max_last_quarter:,} (bound {bounds['max_backlog']:,})",
+        f"committed lag          slope {s.lag_slope_per_min:+,.0f} messages/min, last-quarter "
+        f"max {s.lag_max_last_quarter:,} (bound {bounds['max_lag']:,})",
         f"events                 {s.events:,} processed, {s.events_per_s:,.1f}/s during the run"
         + (
             ""
@@ -611,9 +525,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-every", type=float, default=10.0, help="seconds")
     parser.add_argument("--warmup", type=float, help="seconds (default: a quarter of the run)")
     parser.add_argument("--max-rss-growth-mb", type=float, default=40.0)
-    parser.add_argument("--max-lag", type=int, help="last-quarter bound (default: 10 s of input)")
     parser.add_argument(
-        "--max-lag-slope", type=float, help="messages/min (default: 1 s of input per minute)"
+        "--max-backlog", type=int, help="last-quarter bound (default: 10 s of input)"
+    )
+    parser.add_argument(
+        "--max-backlog-slope", type=float, help="messages/min (default: 1 s of input per minute)"
+    )
+    parser.add_argument(
+        "--max-lag", type=int, help="committed lag, last-quarter bound (default: 30 s of input)"
     )
     parser.add_argument("--drain-timeout", type=float, default=60.0)
     parser.add_argument("--store", help="table store, e.g. rocksdb:// (default: settings)")
@@ -633,8 +552,9 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         drain_timeout=args.drain_timeout,
         max_rss_growth_mb=args.max_rss_growth_mb,
+        max_backlog=args.max_backlog,
+        max_backlog_slope=args.max_backlog_slope,
         max_lag=args.max_lag,
-        max_lag_slope=args.max_lag_slope,
         embedded=args.embedded,
     )
     base = Settings.from_env(store=args.store)

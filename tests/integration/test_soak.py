@@ -7,6 +7,11 @@ then re-checks the bounds from the raw samples it wrote, and checks that the run
 was the load it claims: every record published at the rate and processed, with
 alerts, lapses, dead letters and duplicates along the way.
 
+The worker keeps up when its backlog (published less consumed) stays small; the
+group's committed lag also carries how far commits trail processing, which on a busy
+machine is seconds (``bench/soak_verdict.py`` gives the CI run that showed it), so it
+has a looser bound of its own.
+
 The RSS bound was set from measured runs on this project's 2-core machine (see
 RSS_GROWTH_MB). With the memory store some growth is by design: each customer's
 state keeps its purchase days and every event id (~40 bytes per event measured from
@@ -23,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.soak import Bounds, Sample, summarize
+from bench.soak_verdict import Bounds, Sample, summarize
 from tests import reliability
 from tests.brokers import KIND
 
@@ -37,8 +42,9 @@ WARMUP = DURATION / 4
 #: (2.5 MB/min; 2.7 MB before event ids were all kept), of which the table's values are
 #: ~40 bytes per event. A leak of ~350 bytes per event on top breaks it within the run.
 RSS_GROWTH_MB = 12.0
-MAX_LAG = int(10 * RATE)  # ten seconds of input in the last quarter
-MAX_LAG_SLOPE = RATE  # messages per minute: falling one second behind per minute
+MAX_BACKLOG = int(10 * RATE)  # ten seconds of input in the last quarter
+MAX_BACKLOG_SLOPE = RATE  # messages per minute: falling one second behind per minute
+MAX_LAG = int(30 * RATE)  # committed lag: thirty seconds of input in the last quarter
 
 
 def test_worker_memory_settles_and_it_keeps_up(tmp_path: Path) -> None:
@@ -47,8 +53,8 @@ def test_worker_memory_settles_and_it_keeps_up(tmp_path: Path) -> None:
         sys.executable, "-m", "bench.soak", "--duration", str(DURATION), "--rate", str(RATE),
         "--embedded", KIND,
         "--sample-every", "5", "--warmup", str(WARMUP),
-        "--max-rss-growth-mb", str(RSS_GROWTH_MB), "--max-lag", str(MAX_LAG),
-        "--max-lag-slope", str(MAX_LAG_SLOPE),
+        "--max-rss-growth-mb", str(RSS_GROWTH_MB), "--max-backlog", str(MAX_BACKLOG),
+        "--max-backlog-slope", str(MAX_BACKLOG_SLOPE), "--max-lag", str(MAX_LAG),
         "--workdir", str(tmp_path / "work"), "--out", str(out),
     ]  # fmt: skip
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=DURATION + 300)
@@ -67,6 +73,8 @@ def test_worker_memory_settles_and_it_keeps_up(tmp_path: Path) -> None:
             "rss_at_warmup_mb": summary["rss_at_warmup_mb"],
             "rss_growth_mb": summary["rss_growth_mb"],
             "rss_slope_mb_per_min": summary["rss_slope_mb_per_min"],
+            "backlog_slope_per_min": summary["backlog_slope_per_min"],
+            "backlog_max_last_quarter": summary["backlog_max_last_quarter"],
             "lag_slope_per_min": summary["lag_slope_per_min"],
             "lag_max_last_quarter": summary["lag_max_last_quarter"],
             "failures": summary["failures"],
@@ -91,24 +99,32 @@ def test_worker_memory_settles_and_it_keeps_up(tmp_path: Path) -> None:
     growth = max(s.rss_mb for s in after) - base.rss_mb
     assert len(after) >= 10, log
     assert growth <= RSS_GROWTH_MB, f"RSS grew {growth:.1f} MB after warm-up\n{log}"
-    last_quarter = [s.lag for s in samples if s.t >= 0.75 * DURATION]
-    assert max(last_quarter) <= MAX_LAG, f"lag in the last quarter: {last_quarter}\n{log}"
-    fit = statistics.linear_regression([s.t for s in after], [s.lag for s in after])
-    assert fit.slope * 60 <= MAX_LAG_SLOPE, f"lag grows {fit.slope * 60:.0f}/min\n{log}"
+    last_quarter = [s for s in samples if s.t >= 0.75 * DURATION]
+    backlog = [s.backlog for s in last_quarter]
+    assert max(backlog) <= MAX_BACKLOG, f"backlog in the last quarter: {backlog}\n{log}"
+    fit = statistics.linear_regression([s.t for s in after], [s.backlog for s in after])
+    assert fit.slope * 60 <= MAX_BACKLOG_SLOPE, f"backlog grows {fit.slope * 60:.0f}/min\n{log}"
+    committed = [s.lag for s in last_quarter]
+    assert max(committed) <= MAX_LAG, f"committed lag in the last quarter: {committed}\n{log}"
     assert run.returncode == 0, log
     assert result["ok"] is True
 
 
-def _series(rss: list[float], lag: list[int], every: float = 5.0) -> list[Sample]:
+def _series(
+    rss: list[float], backlog: list[int], lag: list[int] | None = None, every: float = 5.0
+) -> list[Sample]:
+    lag = lag or [b + 200 for b in backlog]
     return [
-        Sample(t=i * every, rss_mb=m, lag=n, events=i * 1000, published=i * 1000)
-        for i, (m, n) in enumerate(zip(rss, lag, strict=True))
+        Sample(t=i * every, rss_mb=m, lag=c, events=i * 1000 - b, published=i * 1000)
+        for i, (m, b, c) in enumerate(zip(rss, backlog, lag, strict=True))
     ]
 
 
-def test_the_verdict_fails_growing_memory_or_lag() -> None:
-    """The bounds are real: the same verdict the soak prints fails a leak or a backlog."""
-    bounds = Bounds(max_rss_growth_mb=12.0, max_lag=2500, max_lag_slope=250.0)
+def test_the_verdict_fails_growing_memory_or_a_worker_falling_behind() -> None:
+    """The bounds are real: the same verdict the soak prints fails a leak, a growing
+    backlog, or commits that trail too far, and passes the CI run's commit spikes."""
+    bounds = Bounds(max_rss_growth_mb=12.0, max_backlog=2500, max_backlog_slope=250.0,
+                    max_lag=7500)  # fmt: skip
     flat = [100.0 + (i % 3) * 0.5 for i in range(25)]
     steady = [150 + (i % 4) * 40 for i in range(25)]
     assert summarize(_series(flat, steady), 120, 30, bounds).failures == []
@@ -117,5 +133,11 @@ def test_the_verdict_fails_growing_memory_or_lag() -> None:
     assert len(failures) == 1 and failures[0].startswith("RSS grew"), failures
     behind = [100 + i * 120 for i in range(25)]  # 1,440 more messages every minute
     failures = summarize(_series(flat, behind), 120, 30, bounds).failures
-    assert any("last quarter" in f for f in failures), failures
-    assert any("messages/min" in f for f in failures), failures
+    assert any("backlog reached" in f for f in failures), failures
+    assert any("backlog grew" in f for f in failures), failures
+    # The committed lag of the failed CI run's last quarter, the worker keeping up.
+    spikes = [300] * 18 + [477, 1728, 353, 894, 797, 651, 2760]
+    assert summarize(_series(flat, steady, spikes), 120, 30, bounds).failures == []
+    stalled = [300] * 18 + [300 + k * 1250 for k in range(1, 8)]  # commits stop at 90 s
+    failures = summarize(_series(flat, steady, stalled), 120, 30, bounds).failures
+    assert len(failures) == 1 and "committed lag reached" in failures[0], failures
