@@ -543,8 +543,9 @@ def _print_backtest(data: dict[str, Any]) -> None:
     table.add_column("ranking")
     table.add_column("ROC AUC", justify="right")
     table.add_column("precision, top 10%", justify="right")
-    risk = data["risk_score"]
-    table.add_row("risk score", _pct(risk["roc_auc"]), _pct(risk["precision_top_10pct"]))
+    risk, model = data["risk_score"], data["model"]
+    label = "risk score" if model["fitted"] else "risk score (model-free)"
+    table.add_row(label, _pct(risk["roc_auc"]), _pct(risk["precision_top_10pct"]))
     table.add_row("value at risk", "", _pct(risk["precision_top_10pct_by_value_at_risk"]))
     names = {
         "recency_days": "days since last purchase",
@@ -555,6 +556,10 @@ def _print_backtest(data: dict[str, Any]) -> None:
             names.get(key, key), _pct(figures["roc_auc"]), _pct(figures["precision_top_10pct"])
         )
     Console().print(table)
+    if not model["fitted"]:
+        from streams.backtest import fallback_line
+
+        console.print(f"[yellow]{escape(fallback_line(model['reason']))}[/]")
     tiers = Table(title="tiers")
     for column in ("tier", "customers", "precision", "recall", "precision >=", "recall >="):
         tiers.add_column(column, justify="right")
