@@ -24,9 +24,11 @@ moves its read offset past the sought one, marks the offsets it jumped over as
 acknowledged (a "gap"), and then drops the records read again below that read offset
 ("DROPPED MESSAGE ROFF"). The agent seeks back to re-read what it must apply next
 (processor/positions.py), so such a seek lost records in chaos runs. Here, after a seek
-on a topic partition, the fetch loop hands over nothing of it that was fetched before
-the seek, and the first record fetched after it tells where the log really resumes
-(``landed``): the sought offset, or the next one the log holds.
+on a topic partition, the fetch loop hands over nothing of it from a fetch begun
+before the seek (Faust fetches on its consumer thread, so a fetch can be under way
+while the agent seeks; the partition is then sought again), and the first record of
+a fetch begun after it tells where the log really resumes (``landed``): the sought
+offset, or the next one the log holds.
 
 Faust creates a Message, an Event, an acknowledgement and several awaits per
 record; for a do-nothing agent that is most of its cost (the floor in
@@ -112,9 +114,16 @@ class InlineConsumer(aiokafka_driver.Consumer):
     """The aiokafka driver's consumer, handing messages over inline when it can, with
     seeks that take effect at once."""
 
-    #: Fetches completed (``_getmany``): a record of fetch n was fetched after every
-    #: seek made while fewer than n had completed.
+    #: Fetches started (``_getmany``), and the number of the last one completed, whose
+    #: records the fetch loop is handing over. A record of fetch n was fetched after
+    #: every seek made while fewer than n had started. Faust runs aiokafka's fetch on
+    #: its consumer thread, while the agent seeks from the main one: counted at their
+    #: completion, a fetch under way when the seek was made counted as after it, so
+    #: its records, which continue the old position, were taken for where the log
+    #: resumes (a SIGKILL chaos pass lost 582 purchases: seek to 5786, "landed" at
+    #: 6368, 5786..6367 read past as absent from the log).
     _fetches: int = 0
+    _fetched: int = 0
 
     #: Topics whose records are handed over as record batches (set by the app).
     batched_topics: frozenset[str] = frozenset()
@@ -128,6 +137,9 @@ class InlineConsumer(aiokafka_driver.Consumer):
         #: Per topic partition, the last seek that took effect: (the offset sought,
         #: the offset of the first record fetched after it).
         self.landed: dict[TP, tuple[int, int]] = {}
+        #: Topic partitions of which a fetch begun before their seek brought records:
+        #: that fetch may have moved aiokafka's position on, so they are sought again.
+        self._seek_again: set[TP] = set()
         self.batched_topics = frozenset(getattr(self.app, "batched_topics", ()))
 
     async def seek(self, partition: TP, offset: int) -> None:
@@ -200,8 +212,10 @@ class InlineConsumer(aiokafka_driver.Consumer):
             self.landed.pop(tp, None)
 
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
-        records = await super()._getmany(active_partitions, timeout)
         self._fetches += 1
+        number = self._fetches
+        records = await super()._getmany(active_partitions, timeout)
+        self._fetched = number
         return records
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
@@ -280,13 +294,18 @@ class InlineConsumer(aiokafka_driver.Consumer):
         return batch
 
     def _stale(self, tp: TP, message: Message, fetch: int) -> bool:
-        """Whether ``message``, of fetch number ``fetch``, was fetched before a seek
-        on its partition; the first record fetched after one records where it landed."""
+        """Whether ``message``, of fetch number ``fetch``, may have been fetched before
+        a seek on its partition (its fetch began before the seek); the first record
+        of a fetch begun after one records where it landed."""
         sought = self._sought.get(tp)
         if sought is None:
             return False
         offset, at = sought
         if fetch <= at:
+            # Fetched before the seek, or while it was being made, from either
+            # position: not handed over, and the partition is sought again, since
+            # aiokafka counts what it fetched as consumed.
+            self._seek_again.add(tp)
             return True
         del self._sought[tp]
         self.landed[tp] = (offset, _first_offset(message))
@@ -317,7 +336,7 @@ class InlineConsumer(aiokafka_driver.Consumer):
                         if since_yield > 100:
                             await asyncio.sleep(0)
                             since_yield = 0
-                        fetch = self._fetches
+                        fetch = self._fetched
                         if self._stale(tp, message, fetch):
                             continue
                         r_offset = read_offsets[tp]
@@ -341,6 +360,7 @@ class InlineConsumer(aiokafka_driver.Consumer):
                             read_offsets[tp] = offset
                         else:
                             self.log.dev("DROPPED MESSAGE ROFF %r", offset)
+                    await self._seek_stale_again()
                     self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -357,6 +377,18 @@ class InlineConsumer(aiokafka_driver.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _seek_stale_again(self) -> None:
+        """Seek again, before the next fetch begins, each partition of which a fetch
+        begun before its seek brought records, to the offset it was sought to."""
+        again, self._seek_again = self._seek_again, set()
+        for tp in again:
+            sought = self._sought.get(tp)
+            if sought is not None:
+                try:
+                    await self.seek(tp, sought[0])
+                except Exception as exc:  # revoked meanwhile: its new owner reads it
+                    self.log.warning(f"could not seek {tp} again to {sought[0]}: {exc!r}")
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if len(coros) != 2 or timeout is not None or not self._is_hand_off(*coros):

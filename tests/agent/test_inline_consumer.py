@@ -140,19 +140,34 @@ async def test_table_recovery_seeking_before_a_log_starts_reads_it_from_its_star
 class _Fetches:
     """Stands in for Kafka behind the fetch loop: each ``getmany`` is one fetch of
     the next listed batch of (topic partition, offset), counted as the consumer's
-    own ``_getmany`` counts them; the loop stops when the batches run out."""
+    own ``_getmany`` counts them (begun, then done); ``during`` runs while the
+    first fetch is under way, as the main thread can while Faust's consumer thread
+    fetches. The loop stops when the batches run out."""
 
-    def __init__(self, consumer: InlineConsumer, batches: list[list[tuple[TP, int]]]) -> None:
+    def __init__(
+        self,
+        consumer: InlineConsumer,
+        batches: list[list[tuple[TP, int]]],
+        during: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.consumer = consumer
         self.batches = batches
+        self.during = during
         self.fetcher = SimpleNamespace(_stopped=asyncio.Event())
+
+    async def fetch(self, active_partitions: Any, timeout: float) -> dict[TP, Any]:
+        """Faust's ``_getmany``, under the consumer's own, which counts the fetches."""
+        if self.during is not None:
+            during, self.during = self.during, None
+            await during()
+        return {}
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         if not self.batches:
             self.fetcher._stopped.set()
             return
         batch = self.batches.pop(0)
-        self.consumer._fetches += 1
+        await self.consumer._getmany(None, timeout)  # Faust's part: self._fetch
         for tp, offset in batch:
             yield tp, SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=offset)
 
@@ -166,9 +181,10 @@ def _drive(
     monkeypatch: pytest.MonkeyPatch,
     batches: list[list[tuple[TP, int]]],
     on_delivery: Callable[[Any], Awaitable[None]] | None = None,
+    during: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[_Fetches, list[tuple[TP, int]]]:
     delivered: list[tuple[TP, int]] = []
-    fetches = _Fetches(consumer, batches)
+    fetches = _Fetches(consumer, batches, during)
 
     async def callback(message: Any) -> None:
         delivered.append((TP(message.topic, message.partition), message.offset))
@@ -179,6 +195,7 @@ def _drive(
         pass  # aiokafka's part: its own buffer and position
 
     monkeypatch.setattr(consumer, "getmany", fetches.getmany)
+    monkeypatch.setattr(aiokafka_driver.Consumer, "_getmany", lambda self, *a: fetches.fetch(*a))
     monkeypatch.setattr(consumer, "callback", callback)
     monkeypatch.setattr(consumer, "_seek", _seek)
     return fetches, delivered
@@ -216,6 +233,38 @@ async def test_a_seek_landing_past_the_sought_offset_shows_where_the_log_resumes
     await consumer._drain_messages(fetches.fetcher)
     assert delivered == [(PURCHASES, 8), (PURCHASES, 9)]
     assert consumer.landed == {PURCHASES: (5, 8)}
+
+
+async def test_a_fetch_under_way_during_a_seek_is_no_landing_and_is_sought_again(
+    consumer: InlineConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGKILL chaos pass: Faust's consumer thread was fetching on from 6368 when
+    the agent sought purchases back to 5786; counted at its end, that fetch counted
+    as after the seek, its first record was taken for where the log resumes, and
+    5786..6367 (582 purchases) were read past as absent. Now its records are not
+    handed over, say nothing of a landing, and the partition is sought to 5786
+    again before the next fetch, which is handed over whole."""
+    sought: list[tuple[TP, int]] = []
+    real_seek = consumer.seek
+
+    async def seek(partition: TP, offset: int) -> None:
+        sought.append((partition, offset))
+        await real_seek(partition, offset)
+
+    async def agent_seeks_back() -> None:
+        await consumer.seek(PURCHASES, 5786)
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    on_old_position = [(PURCHASES, 6368), (PURCHASES, 6369), (SIGNUPS, 3)]
+    again = [(PURCHASES, o) for o in range(5786, 5790)]
+    fetches, delivered = _drive(
+        consumer, monkeypatch, [on_old_position, again], during=agent_seeks_back
+    )
+    await consumer._drain_messages(fetches.fetcher)
+    assert delivered == [(SIGNUPS, 3), *again]
+    assert sought == [(PURCHASES, 5786), (PURCHASES, 5786)]
+    assert consumer.landed == {PURCHASES: (5786, 5786)}
+    assert consumer._read_offset[PURCHASES] == 5789
 
 
 async def test_fausts_own_seek_or_a_revocation_cancels_a_pending_seek(

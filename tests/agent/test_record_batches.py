@@ -113,7 +113,8 @@ class _Fetches:
             self.fetcher._stopped.set()
             return
         fetch = self.fetches.pop(0)
-        self.consumer._fetches += 1
+        self.consumer._fetches += 1  # begun
+        self.consumer._fetched = self.consumer._fetches  # and done
         generation = self.consumer.app.consumer_generation_id
         for offsets in fetch:
             yield (
