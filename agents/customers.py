@@ -7,7 +7,8 @@ read again. Around it: at a revocation, apply nothing more and wait for this
 worker's writes to land; once a rebalance completes, send again the outbox of the
 partitions taken over and seek each to where its recovered state says effects may
 be missing; every PROGRESS_SECONDS, announce read progress to the other partitions;
-every SETTLE_SECONDS, commit input partitions applied to their end. Every access to
+every GAP_CHECK_SECONDS, seek again to gaps nothing was read of lately; every
+SETTLE_SECONDS, commit input partitions applied to their end. Every access to
 Faust's internals is in agents/delivery.py.
 """
 
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 #: How often committed offsets behind a state that covers a whole partition are
 #: moved up to it (``CustomerBatch.settled``).
 SETTLE_SECONDS = 5.0
+
+#: How often open gaps in a topic partition's offsets that nothing was read of lately
+#: are checked for and sought again (``CustomerBatch.idle_gaps``).
+GAP_CHECK_SECONDS = 1.0
 
 #: How often each partition's read progress is announced to the others, if it changed
 #: (``CustomerBatch.announce``; a batch announces it too).
@@ -80,6 +85,11 @@ def install(app: ChurnwatchApp) -> None:
         if settled:
             log.info("committing %d input partitions applied to their end", len(settled))
             await delivery.commit(app, settled)
+
+    @app.timer(GAP_CHECK_SECONDS, name="reread-idle-gaps")
+    async def reread_idle_gaps() -> None:
+        if batch.idle_gaps():
+            await delivery.seek_back(app, batch)
 
     @app.agent(app.inputs, name="customers", concurrency=1)
     async def customers(stream: StreamT[bytes]) -> None:

@@ -152,6 +152,13 @@ class CustomerBatch:
         self.fenced = False
         self.positions.unfenced_at = time.monotonic()
 
+    def idle_gaps(self) -> int:
+        """Ask again to read the gaps nothing was read of for a while (the agent's
+        timer calls this, then carries out ``seeks``); nothing while fenced."""
+        if self.fenced:
+            return 0
+        return self.positions.idle_gaps(time.monotonic())
+
     def sought(self) -> None:
         """Called once the consumer has been sought to the recovered state's offsets."""
         self.positions.sought_at = time.monotonic()

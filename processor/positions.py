@@ -31,6 +31,12 @@ SEEK_BACK_SECONDS = 30.0
 GAP_SEEK_EVERY = 1.0
 GAP_SECONDS = 120.0
 
+#: How long a gap may stay open with nothing of its topic partition read before it
+#: is sought again without an arrival (``Positions.idle_gaps``, from the agent's
+#: timer). Longer than GAP_SEEK_EVERY: input already handed over but still queued
+#: for the agent must not be read a second time for nothing.
+GAP_IDLE_SECONDS = 5.0
+
 #: Batches' worth of newer messages a partition holds while a redo waits for its
 #: batch (four made batches of 4,800 messages, and a worker expelled mid-rebalance).
 HOLD_BATCHES = 1
@@ -43,9 +49,11 @@ class Gap(NamedTuple):
     seen: int  # the furthest offset read since
     first: float  # when it was first read past (monotonic seconds)
     asked: float | None  # when reading again from ``missing`` was last asked
+    read: float  # when a message of its topic partition was last read past it
+    idle_asks: int = 0  # times sought again with nothing read (``idle_gaps``)
 
-    def past(self, offset: int) -> Gap:
-        return self._replace(seen=max(self.seen, offset))
+    def past(self, offset: int, now: float) -> Gap:
+        return self._replace(seen=max(self.seen, offset), read=now)
 
 
 class Positions:
@@ -245,7 +253,7 @@ class Positions:
             offset = message.offset
             tp = TP(topic, partition)
             if topic in cut:
-                self.gaps[tp] = self.gaps[tp].past(offset)
+                self.gaps[tp] = self.gaps[tp].past(offset, now)
                 continue
             expected = following.get(topic)
             if expected is None:
@@ -295,7 +303,7 @@ class Positions:
         topic waits for the gap to be read again (else it is read past, at last)."""
         gap = self.gaps.get(tp)
         if gap is None or gap.missing != expected:
-            self.gaps[tp] = Gap(expected, offset, now, None)
+            self.gaps[tp] = Gap(expected, offset, now, None, now)
             return True
         if now - gap.first >= GAP_SECONDS:
             del self.gaps[tp]
@@ -305,7 +313,7 @@ class Positions:
                 tp.topic, tp.partition, expected, GAP_SECONDS, offset,
             )  # fmt: skip
             return False
-        self.gaps[tp] = gap.past(offset)
+        self.gaps[tp] = gap.past(offset, now)
         return True
 
     def _ask_again(self, tp: TP, now: float) -> None:
@@ -320,6 +328,34 @@ class Positions:
                 )  # fmt: skip
             self.seeks[tp] = gap.missing
             self.gaps[tp] = gap._replace(asked=now)
+
+    def idle_gaps(self, now: float) -> int:
+        """Ask again to read each open gap of which nothing was read for
+        GAP_IDLE_SECONDS (since the last ask or arrival); returns how many.
+
+        ``contiguous`` asks again only when a message of the topic partition comes
+        in. When the consumer has read the whole log past the gap and the seek back
+        to it was lost (a SIGKILL chaos run: feedback[0] read 3567 while 2000 was
+        next, sought to 2000 once, then nothing; the state stayed at 2000 of 7273
+        for good), nothing comes in, and nothing asked again: so the agent's timer
+        asks here, until the gap is read or a rebalance resets it.
+        """
+        asked = 0
+        for tp, gap in list(self.gaps.items()):
+            last = max(gap.read, gap.asked or gap.first)
+            if now - last < GAP_IDLE_SECONDS:
+                continue
+            gap = gap._replace(asked=now, idle_asks=gap.idle_asks + 1)
+            self.gaps[tp] = gap
+            self.seeks[tp] = gap.missing
+            asked += 1
+            log.warning(
+                "%s[%d]: offset %d still not read again %.0f s after it was first "
+                "missed (read up to %d, nothing since %.0f s); seeking to it again (%d)",
+                tp.topic, tp.partition, gap.missing, now - gap.first, gap.seen,
+                now - gap.read, gap.idle_asks,
+            )  # fmt: skip
+        return asked
 
     def _log_resumes(self, tp: TP, missing: int) -> int | None:
         """Where the log resumes after ``missing``, if the consumer sought ``tp`` to

@@ -53,8 +53,10 @@ class Consumer:
         absent: set[tuple[str, int]],
         seeks_work: bool = True,
         stale_landing: bool = False,
+        lost_seeks: int = 0,
     ) -> None:
         self.stale_landing = stale_landing
+        self.lost_seeks = lost_seeks
         self.logs: dict[str, list[Received]] = defaultdict(list)
         for m in messages:
             if (m.message.topic, m.message.offset) not in absent:
@@ -94,6 +96,10 @@ class Consumer:
         log resumes (``landed``) once the first record after the seek is fetched,
         which here is at once."""
         self.sought.append((topic, offset))
+        if self.lost_seeks:
+            # Overtaken by a fetch under way: the position stays where it was.
+            self.lost_seeks -= 1
+            return
         if self.stale_landing:
             # A rebalance resets the position to the committed offset, beyond records
             # still on their way, and the first record fetched lies past both.
@@ -115,16 +121,22 @@ def drive(
     seeks_work: bool = True,
     landed: bool = True,
     stale_landing: bool = False,
+    lost_seeks: int = 0,
+    idle_timer: bool = False,
 ) -> tuple[Run, Consumer]:
+    """Feed the agent's batch logic what ``Consumer`` reads, carrying out its seeks;
+    with ``idle_timer``, once nothing is left to read, the agent's idle-gap timer
+    runs (``CustomerBatch.idle_gaps``) and reading goes on if it asked for seeks."""
     run = Run(history, AS_OF)
     messages = [run.message(r.topic, r.key, r.value) for r in history]
-    consumer = Consumer(messages, lose, set(absent), seeks_work, stale_landing)
+    consumer = Consumer(messages, lose, set(absent), seeks_work, stale_landing, lost_seeks)
     run.consumer.landings = consumer.landed if landed else {}
     for _ in range(10 * len(messages)):
         batch = consumer.next_batch(BATCH)
-        if not batch:
+        if batch:
+            run.batch.process(batch)
+        elif not (idle_timer and run.batch.idle_gaps()):
             break
-        run.batch.process(batch)
         seeks, run.batch.positions.seeks = run.batch.positions.seeks, {}
         for tp, offset in seeks.items():
             consumer.seek(tp.topic, offset)
@@ -220,6 +232,42 @@ def test_a_seek_that_never_takes_effect_does_not_stall_the_partition(
     purchases = sum(r.topic == topics.PURCHASES for r in history)
     assert state.offsets[topics.PURCHASES] == purchases - 1  # read on to the end
     assert figures(reference)["consumed"] - BATCH < state.consumed < figures(reference)["consumed"]
+
+
+@pytest.mark.parametrize("lost_seeks", [1, 3])
+def test_a_lost_seek_to_a_gap_is_asked_again_with_nothing_more_to_read(
+    history: list[Record], reference: Run, monkeypatch: pytest.MonkeyPatch, lost_seeks: int
+) -> None:
+    """A SIGKILL chaos run: a worker read feedback[0] 3567 while 2000 was next, sought
+    back to 2000 once, and the seek never took effect; the consumer had read the
+    log to its end, so nothing more came in to ask again on, and the state stayed at
+    2000 of 7273 until the test gave up. The agent's timer asks again for gaps
+    nothing was read of lately; without it (the control), the state stays behind."""
+    monkeypatch.setattr(processor.positions, "GAP_IDLE_SECONDS", 0.0)
+    lost = _purchase(history, 250)
+    stuck, _ = drive(history, {lost}, lost_seeks=lost_seeks)
+    assert decode_partition(stuck.table[STATE]).offsets[topics.PURCHASES] == lost[1] - 1
+    run, consumer = drive(history, {lost}, lost_seeks=lost_seeks, idle_timer=True)
+    assert consumer.sought.count(lost) == lost_seeks + 1
+    assert figures(run) == figures(reference)
+    assert run.customers() == reference.customers()
+    assert run.alerts() == reference.alerts()
+
+
+def test_no_idle_ask_while_fenced_or_soon_after_an_arrival(
+    history: list[Record], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timer leaves a gap alone while its topic partition was read lately (what
+    was handed over may still be queued for the agent) and during a rebalance."""
+    lost = _purchase(history, 250)
+    run, _ = drive(history, {lost}, lost_seeks=1)
+    assert run.batch.idle_gaps() == 0  # just read: GAP_IDLE_SECONDS not over
+    monkeypatch.setattr(processor.positions, "GAP_IDLE_SECONDS", 0.0)
+    run.batch.fence()
+    assert run.batch.idle_gaps() == 0 and not run.batch.seeks
+    run.batch.unfence()
+    assert run.batch.idle_gaps() == 1
+    assert run.batch.seeks == {TP(topics.PURCHASES, 0): lost[1]}
 
 
 def test_a_landing_beyond_records_still_read_is_no_proof_of_a_gap(
