@@ -34,7 +34,7 @@ from processor.arrival import Arrival
 from processor.commit import CommitPlan
 from processor.customers import Rules, Touched, fold
 from processor.due import DueBuckets
-from processor.intake import Counts, Intake
+from processor.intake import Counts, Intake, Read
 from processor.partition import Partitions, PartitionState, begin_batch
 from processor.ports import TP, Parts, records_of
 from processor.positions import Positions
@@ -71,7 +71,7 @@ class CustomerBatch:
         self.intake = Intake(parts.decoder, parts.deadletters, periods)
         self.partitions = Partitions(parts.table)
         self.positions = Positions(parts.offsets, settings.batch_max)
-        self.outbox = outbox.Outbox(parts.alerts, router)
+        self.outbox = outbox.Outbox(parts.alerts, router, parts.deadletters)
         self.owned: set[int] = set()  # input partitions owned, as of the last rebalance
         #: Partitions revoked and the rebalance not complete yet: apply nothing.
         self.fenced = False
@@ -254,7 +254,7 @@ class CustomerBatch:
         aligned = pstate.align(alignment.INPUT_NAMES, idle, self.rules.lateness, peers)
         waiting = PendingBuckets(self.table, partition, pstate)
         ready = alignment.ready(pstate, read.arrivals, aligned, waiting, self.parts.decoder)
-        self._apply_ready(pstate, ready, counts, waiting, group[-1], read.forwards)
+        self._apply_ready(pstate, ready, counts, waiting, group[-1], read)
         if router is not None:
             # After this batch's forwards: what it announces was all sent before.
             router.announce(partition, pstate, idle, time.monotonic())
@@ -267,7 +267,7 @@ class CustomerBatch:
         counts: Counts,
         waiting: PendingBuckets,
         last: Any,
-        forwards: list[tuple[bytes, bytes]],
+        read: Read,
     ) -> None:
         """Fold ``ready`` into the customers, re-assess those due, and commit."""
         rules = self.rules
@@ -284,8 +284,9 @@ class CustomerBatch:
             reassessed = self.metrics.risk_assessments["due"]
             due.reassess(rules.lifecycle, limit, touched, last, reassessed)
         touched.move_risk(pstate)
+        forwards = read.forwards
         first = pstate.forwarded - len(forwards)  # forwards are counted as read
-        batch = outbox.records(partition, touched.alerts, first, forwards)
+        batch = outbox.records(partition, touched.alerts, first, forwards, read.deadletters)
         unacked, delivered = self.outbox.delivered(partition)
         self.outbox.list_in(pstate, unacked, batch)
         plan = CommitPlan(pstate, batch, waiting, due, touched.states, delivered)

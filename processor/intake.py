@@ -1,6 +1,10 @@
 """Intake: a partition's messages decoded, validated and counted as read; the bad
 ones dead-lettered (``churnwatch.deadletter``) with a reason.
 
+A dead letter counted for the first time goes out through the batch's outbox
+(processor/outbox.py), stored before the partition record that counts it, as alerts
+do; one for a message read again is sent at once (at least once).
+
 What is valid becomes an ``Arrival`` (processor/arrival.py), ordered by event time
 for the alignment. Clock ticks move the partition's clock. Records of the repartition
 topic, and input events whose key belongs to another partition, go through
@@ -46,6 +50,10 @@ INPUTS = len(topics.INPUT_TOPICS)
 #: Per (family, label), how many: counted per batch, exported once at its end.
 Counts = dict[tuple[str, str], int]
 
+#: A dead letter to send: the dead-letter topic's partition (the message's own), the
+#: message's topic and offset, and the record's key and value.
+Letter = tuple[int, str, int, bytes | None, bytes]
+
 
 @dataclass
 class Read:
@@ -55,6 +63,8 @@ class Read:
     #: Input events to forward to their key's partition: (key, repartition value).
     forwards: list[tuple[bytes, bytes]] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    #: Dead letters counted by this batch, for its outbox (``Intake.reject``).
+    deadletters: list[Letter] = field(default_factory=list)
 
 
 class Intake:
@@ -64,6 +74,8 @@ class Intake:
         self.decoder = decoder
         self.deadletters = deadletters
         self.periods = periods
+        #: The dead letters of the batch being read (``read``'s ``Read.deadletters``).
+        self.letters: list[Letter] = []
 
     def read(
         self, pstate: PartitionState, group: list[Any], router: Router | None, counts: Counts
@@ -74,6 +86,7 @@ class Intake:
         wall = time.time()
         future_limit = round(wall * SECOND) + MAX_FUTURE
         read = Read()
+        self.letters = read.deadletters
         offsets = pstate.offsets
         for message in group:
             topic = message.topic
@@ -178,11 +191,17 @@ class Intake:
         counts: Counts,
     ) -> None:
         # Re-sent on redelivery (at-least-once); consumers de-duplicate on
-        # (topic, partition, offset). Counted only once.
-        if not redelivered:
-            pstate.deadletter += 1
-            counts["rejected", rejected.reason] += 1
-        self.send_dead_letter(message, rejected)
+        # (topic, partition, offset). Counted only once, and then kept in the outbox
+        # until the broker has it: sent straight away, it could be lost with the
+        # worker after the state counting it was stored and the input committed
+        # (3 of 496 lost in a SIGKILL chaos run, "producer buffer full" before).
+        if redelivered:
+            self.send_dead_letter(message, rejected)
+            return
+        pstate.deadletter += 1
+        counts["rejected", rejected.reason] += 1
+        key, value = dead_letter(message, rejected)
+        self.letters.append((message.partition, message.topic, message.offset, key, value))
 
     def redeliver_dead_letter(self, message: Any, home: Callable[[Any], int | None]) -> None:
         """A message of a batch whose effects are stored: its dead letter, if it had

@@ -8,17 +8,19 @@ records of the partition written before the partition record, and each deleted b
 later batch once the broker has acknowledged all of its alerts. A worker that takes a
 partition over sends the partition's outbox again (at least once; a repeat is byte
 for byte the same record, which consumers de-duplicate on ``(dedup_key, sequence)``).
-Forwards to other partitions (processor/routing.py) are kept and sent the same way.
+Forwards to other partitions (processor/routing.py) and dead letters
+(processor/intake.py) are kept and sent the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, MutableMapping
+from collections.abc import Callable, Collection, Iterable, MutableMapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
+from processor.intake import Letter
 from processor.partition import PartitionState
 from processor.ports import Sender
 from processor.routing import Router
@@ -26,21 +28,29 @@ from retention.alerts import Alert
 from retention.timeutil import from_micros
 from schemas.alert import AlertReason, AlertRecord, AlertSource
 from streams import routing, topics
-from streams.partitions import OUTBOX, outbox_key, outbox_prefix
+from streams.partitions import (
+    DEADLETTER_OUTBOX,
+    OUTBOX,
+    deadletter_outbox_key,
+    deadletter_target,
+    outbox_key,
+    outbox_prefix,
+)
 
 _JSON = msgspec.json.Encoder()
-_DECODER = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
+# Keys may be None: a dead letter keeps its message's key, which a bad record may lack.
+_DECODER = msgspec.msgpack.Decoder(list[tuple[bytes | None, bytes]])
 _ENCODER = msgspec.msgpack.Encoder()
 #: Alerts per outbox record: about 0.5 MB, well under the producer's request size.
 OUTBOX_CHUNK = 1000
 
 #: An outbox record: its table key, and the (key, value) records it holds.
-Record = tuple[bytes, list[tuple[bytes, bytes]]]
+Record = tuple[bytes, list[tuple[bytes | None, bytes]]]
 #: Records sent and not known delivered: their send futures, the outbox record's key.
 Sent = tuple[list[Any], bytes]
 
 
-def encode(chunk: list[tuple[bytes, bytes]]) -> bytes:
+def encode(chunk: list[tuple[bytes | None, bytes]]) -> bytes:
     return _ENCODER.encode(chunk)
 
 
@@ -49,28 +59,47 @@ def records(
     alerts: Iterable[tuple[Alert, Any]],
     first: int,
     forwards: list[tuple[bytes, bytes]],
+    letters: Sequence[Letter] = (),
 ) -> list[Record]:
     """A batch's outbox records: one per OUTBOX_CHUNK alerts (a tick can raise tens
     of thousands at once, more than one changelog record may hold), then its
-    forwards, the ``first``-th of the partition's on."""
+    forwards, the ``first``-th of the partition's on, then its dead letters."""
     built = [alert_record(alert, source) for alert, source in alerts]
-    out = [
+    out: list[Record] = [
         (
             outbox_key(partition, built[i][0]),
             [(key, value) for _, key, value in built[i : i + OUTBOX_CHUNK]],
         )
         for i in range(0, len(built), OUTBOX_CHUNK)
     ]
-    out.extend(routing.forward_outboxes(partition, first, forwards))
+    out.extend(cast(list[Record], list(routing.forward_outboxes(partition, first, forwards))))
+    out.extend(letter_records(partition, letters))
+    return out
+
+
+def letter_records(partition: int, letters: Sequence[Letter]) -> list[Record]:
+    """Dead letters in outbox records: per dead-letter partition, OUTBOX_CHUNK at
+    most in each, keyed by the first one's topic and offset."""
+    by_target: dict[int, list[Letter]] = {}
+    for letter in letters:
+        by_target.setdefault(letter[0], []).append(letter)
+    out: list[Record] = []
+    for target, found in by_target.items():
+        for i in range(0, len(found), OUTBOX_CHUNK):
+            chunk = found[i : i + OUTBOX_CHUNK]
+            _, topic, offset, _, _ = chunk[0]
+            key = deadletter_outbox_key(partition, target, topic, offset)
+            out.append((key, [(k, v) for _, _, _, k, v in chunk]))
     return out
 
 
 class Outbox:
     """The outbox records of each partition owned, sent and not known delivered."""
 
-    def __init__(self, alerts: Sender, router: Router | None) -> None:
+    def __init__(self, alerts: Sender, router: Router | None, deadletters: Sender) -> None:
         self.alerts = alerts
         self.router = router
+        self.deadletters = deadletters
         #: Per partition, outbox records whose records were sent: (their send futures,
         #: the record's key). A batch of the partition deletes those acknowledged.
         self.unacked: dict[int, list[Sent]] = {}
@@ -100,14 +129,18 @@ class Outbox:
             unacked.append(([send(key, value) for key, value in chunk], stored))
         self.unacked[partition] = unacked
 
-    def _sender(self, partition: int, stored: bytes) -> Callable[[bytes, bytes], Any]:
+    def _sender(self, partition: int, stored: bytes) -> Callable[[bytes | None, bytes], Any]:
         """How to send the records of the outbox record ``stored`` of ``partition``."""
+        if stored.startswith(DEADLETTER_OUTBOX):
+            letters, target = self.deadletters, deadletter_target(stored)
+            return lambda key, value: letters.send_soon(key=key, value=value, partition=target)
         if not routing.is_forward_outbox(stored):
             alerts = self.alerts
             return lambda key, value: alerts.send_soon(key=key, value=value, partition=partition)
         if self.router is None:  # cannot happen: only a router forwards
             raise RuntimeError(f"forwards in {stored!r} and no router to send them")
-        return self.router.send
+        router = self.router
+        return lambda key, value: router.send(cast(bytes, key), value)  # forwards have keys
 
     def drop(self, owned: Collection[int]) -> None:
         """Partitions no longer owned: their new owners send their outbox again."""

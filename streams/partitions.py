@@ -45,6 +45,22 @@ def outbox_key(partition: int, alert_id: str) -> bytes:
     return outbox_prefix(partition) + alert_id.encode()
 
 
+#: Outbox records of dead letters (processor/outbox.py).
+DEADLETTER_OUTBOX = b"\x00deadletters/"
+
+
+def deadletter_outbox_key(partition: int, target: int, topic: str, offset: int) -> bytes:
+    """Dead letters of ``partition``, for the dead-letter topic's partition ``target``,
+    from the one of ``topic`` at ``offset`` on, until the broker acknowledged them
+    (a batch redone makes the same key)."""
+    return DEADLETTER_OUTBOX + b"%d/%d/%s/%020d" % (partition, target, topic.encode(), offset)
+
+
+def deadletter_target(key: bytes) -> int:
+    """The dead-letter topic's partition of a ``deadletter_outbox_key``."""
+    return int(key[len(DEADLETTER_OUTBOX) :].split(b"/")[1])
+
+
 def is_customer_key(key: bytes) -> bool:
     return not key.startswith(b"\x00")
 
