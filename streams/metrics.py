@@ -330,40 +330,54 @@ class PipelineMetrics:
             ),
             ("event", "due"),
         )
+        # The Redis metrics join the registry only when a Redis sink is made
+        # (export_redis): a worker without Redis must not report churnwatch_redis_up
+        # 0, which the ChurnwatchRedisDown alert would read as an outage.
         self.redis_up = Gauge(
             "churnwatch_redis_up",
-            "1 while the last write to the Redis serving view succeeded",
-            registry=self.registry,
+            "1 while Redis answers the sink's last write or ping, 0 after one failed "
+            "(exported only by workers with CHURNWATCH_REDIS_URL)",
+            registry=None,
         )
         self.redis_buffered = Gauge(
             "churnwatch_redis_buffered",
             "Customers whose newest view waits in the bounded buffer for Redis",
-            registry=self.registry,
+            registry=None,
         )
-        self.redis_writes = _children(
-            Counter(
-                "churnwatch_redis_writes",
-                "Customer views sent to Redis: written, stale (an equal or newer version "
-                "was there) or failed (retried)",
-                ["outcome"],
-                registry=self.registry,
-            ),
-            ("written", "stale", "failed"),
+        redis_writes = Counter(
+            "churnwatch_redis_writes",
+            "Customer views sent to Redis: written, stale (an equal or newer version "
+            "was there) or failed (retried)",
+            ["outcome"],
+            registry=None,
         )
+        self.redis_writes = _children(redis_writes, ("written", "stale", "failed"))
         self.redis_overflows = Counter(
             "churnwatch_redis_overflows",
             "Views dropped from a full buffer (a resync from the table follows)",
-            registry=self.registry,
+            registry=None,
         )
         self.redis_resyncs = Counter(
             "churnwatch_redis_resyncs",
             "Full rewrites of this worker's customers into Redis after an overflow",
-            registry=self.registry,
+            registry=None,
         )
+        self._redis: tuple[Collector, ...] = (
+            self.redis_up, self.redis_buffered, redis_writes, self.redis_overflows,
+            self.redis_resyncs,
+        )  # fmt: skip
+        self._redis_exported = False
         self.registry.register(PartitionCollector(partitions))
         if lag is not None:
             self.registry.register(LagCollector(lag))
         ProcessCollector(registry=self.registry)
+
+    def export_redis(self) -> None:
+        """Add the Redis sink's metrics to the registry (once; RedisSink calls it)."""
+        if not self._redis_exported:
+            for collector in self._redis:
+                self.registry.register(collector)
+            self._redis_exported = True
 
 
 def _children(counter: Counter, labels: Iterable[str]) -> dict[str, Counter]:

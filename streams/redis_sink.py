@@ -46,6 +46,7 @@ class RedisSink:
         self.view = view
         self.lifecycle = lifecycle
         self.metrics = metrics
+        metrics.export_redis()  # a worker with a sink, and only it, reports on Redis
         self.capacity = capacity
         self.table_items = table_items
         self.buffer: dict[str, CustomerState] = {}

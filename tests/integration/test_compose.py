@@ -95,7 +95,17 @@ def test_prometheus_and_grafana_are_wired() -> None:
     assert "--appendonly" in services["redis"]["command"]
     assert services["redis"]["healthcheck"]["test"]
     prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    assert prometheus["rule_files"] == ["rules.yml"]
+    assert prometheus["rule_files"] == ["rules.yml", "alerts.yml"]
+    # Each rule file is where the container looks for it: beside the config, in the
+    # directory mounted whole (docker-compose config gives the host path absolute).
+    command = services["prometheus"]["command"]
+    config_file = next(a.split("=", 1)[1] for a in command if a.startswith("--config.file="))
+    config_dir = str(Path(config_file).parent)
+    (mount,) = [v for v in services["prometheus"]["volumes"] if mount_target(v) == config_dir]
+    host_dir = Path(mount["source"] if isinstance(mount, dict) else mount.split(":")[0])
+    assert host_dir == ROOT / "deploy/prometheus"
+    for name in prometheus["rule_files"]:
+        assert (host_dir / name).is_file(), name
     (scrape,) = prometheus["scrape_configs"]
     assert scrape["dns_sd_configs"][0]["names"] == ["worker"]
     assert scrape["dns_sd_configs"][0]["port"] == 6066

@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
-import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from retention.timeutil import from_micros, parse_time, to_micros
 from streams import topics
@@ -35,8 +29,9 @@ from streams.produce import publish
 from streams.redis_server import EmbeddedRedis
 from streams.replay import tick_and_wait
 from streams.settings import Settings
-from streams.workers import WorkerProcess, free_port, local_settings
+from streams.workers import WorkerProcess, local_settings
 from tests.brokers import new_broker
+from tests.prometheus import prometheus_query, start_prometheus
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,69 +82,6 @@ def test_dashboards_use_the_provisioned_datasource() -> None:
             for target in panel["targets"]:
                 assert target["datasource"]["uid"] == "churnwatch-prometheus"
     assert len(uids) == 4
-
-
-def prometheus_query(base: str, expr: str) -> dict[str, Any]:
-    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            result: dict[str, Any] = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        result = json.loads(exc.read())
-    return result
-
-
-def start_prometheus(workdir: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus not found: `make tools` installs it (Debian package prometheus)"
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(ROOT / "deploy" / "prometheus" / "rules.yml")],
-        "scrape_configs": [{"job_name": "churnwatch", "static_configs": [{"targets": [target]}]}],
-    }
-    path = workdir / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    # Three times in full-suite runs (never alone, never in 60 bare starts in a loop)
-    # Prometheus was gone before it wrote a line of log or its TSDB directory. That is
-    # before any of our configuration is read, so a start that dies that way is tried
-    # again on a fresh port, and said in a warning; any other failure fails the test.
-    failures = []
-    for attempt in range(1, 4):
-        log_path = workdir / f"prometheus-{attempt}.log"
-        port = free_port()
-        with log_path.open("wb") as log:  # the child keeps its own descriptor
-            process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={path}",
-                    f"--storage.tsdb.path={workdir / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        if failures:
-                            warnings.warn("; ".join(failures), stacklevel=2)
-                        return process, base
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                stop_process_group(process, timeout=10)
-                raise TimeoutError(f"prometheus not ready on {base} after 30 s")
-            time.sleep(0.2)
-        text = log_path.read_text(errors="replace")
-        failure = f"prometheus start {attempt} exited with {process.returncode}: {text[-2000:]!r}"
-        if text.strip():
-            raise RuntimeError(failure)
-        failures.append(failure)
-    raise RuntimeError("; ".join(failures))
 
 
 def test_every_panel_query_returns_series(tmp_path: Path) -> None:
