@@ -1,80 +1,76 @@
 """Writes the Grafana dashboards in deploy/grafana/dashboards/ (run: make dashboards).
 
-The dashboards are code: this file is what one edits; the JSON files are its output,
-committed so Grafana's file provisioning can read them, and a test fails when they
-drift apart. Every query goes to the data source with the fixed uid
-``churnwatch-prometheus`` (provisioned by docker-compose.yml), and ratios come from
-the recording rules in deploy/prometheus/rules.yml, never from one worker.
+The dashboards are code, built with Grafana's own dashboards-as-code library,
+``grafana-foundation-sdk`` (its Python builders; written against the release
+``1769699998!10.1.0``, which targets Grafana 10.1): this file is what one edits; the
+JSON files are its output, committed so Grafana's file provisioning can read them,
+and a test fails when they drift apart. Every query goes to the data source with the
+fixed uid ``churnwatch-prometheus`` (provisioned by docker-compose.yml), and ratios
+come from the recording rules in deploy/prometheus/rules.yml, never from one worker.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DATASOURCE = {"type": "prometheus", "uid": "churnwatch-prometheus"}
+from grafana_foundation_sdk.builders import barchart, prometheus, table, timeseries
+from grafana_foundation_sdk.builders import dashboard as dashboards
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as models
+from grafana_foundation_sdk.models import prometheus as promql
+
+DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="churnwatch-prometheus")
 OUT = Path(__file__).resolve().parent / "dashboards"
 RATE = "$__rate_interval"
+REFS = "ABCDEFGH"
+
+#: A panel builder of any visualisation (they share the panel options used here).
+Panel = Any
 
 
-def target(expr: str, legend: str = "", ref: str = "A", **extra: Any) -> dict[str, Any]:
-    return {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": ref, **extra}
+def query(expr: str, legend: str = "") -> prometheus.Dataquery:
+    return prometheus.Dataquery().expr(expr).legend_format(legend).datasource(DATASOURCE)
 
 
 def panel(
     title: str,
-    targets: list[dict[str, Any]],
+    queries: list[prometheus.Dataquery],
     *,
-    kind: str = "timeseries",
+    kind: Callable[[], Panel] = timeseries.Panel,
     unit: str = "short",
     width: int = 12,
     height: int = 8,
     description: str = "",
-    **options: Any,
-) -> dict[str, Any]:
-    refs = "ABCDEFGH"
-    for index, item in enumerate(targets):
-        item["refId"] = refs[index]
-    return {
-        "title": title,
-        "type": kind,
-        "description": description,
-        "datasource": DATASOURCE,
-        "targets": targets,
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-        "gridPos": {"w": width, "h": height},
-        "options": options or {},
-    }
+) -> Panel:
+    built = kind().title(title).description(description).datasource(DATASOURCE)
+    built = built.unit(unit).span(width).height(height)
+    for ref, item in zip(REFS, queries, strict=False):
+        built = built.with_target(item.ref_id(ref))
+    return built
 
 
-def dashboard(uid: str, title: str, panels: list[dict[str, Any]], tags: list[str]) -> dict:
-    x = y = 0
-    for index, item in enumerate(panels, start=1):
-        grid = item["gridPos"]
-        if x + grid["w"] > 24:
-            x, y = 0, y + grid["h"]
-        grid.update({"x": x, "y": y})
-        x += grid["w"]
-        item["id"] = index
-    return {
-        "uid": uid,
-        "title": title,
-        "tags": ["churnwatch", *tags],
-        "timezone": "utc",
-        "schemaVersion": 39,
-        "version": 1,
-        "editable": False,
-        "refresh": "30s",
-        "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": []},
-        "annotations": {"list": []},
-        "panels": panels,
-    }
+def dashboard(uid: str, title: str, panels: list[Panel], tags: list[str]) -> dict[str, Any]:
+    built = (
+        dashboards.Dashboard(title)
+        .uid(uid)
+        .tags(["churnwatch", *tags])
+        .timezone("utc")
+        .readonly()
+        .refresh("30s")
+        .time("now-6h", "now")
+    )
+    for number, item in enumerate(panels, start=1):
+        built = built.with_panel(item.id(number))
+    encoded: dict[str, Any] = json.loads(json.dumps(built.build(), cls=JSONEncoder))
+    return encoded
 
 
-def retention() -> dict:
+def retention() -> dict[str, Any]:
     periods = 'period=~"current|last"'
     return dashboard(
         "churnwatch-retention",
@@ -82,26 +78,26 @@ def retention() -> dict:
         [
             panel(
                 "Retention rate",
-                [target(f"churnwatch:retention_rate{{{periods}}}", "{{period}} period")],
+                [query(f"churnwatch:retention_rate{{{periods}}}", "{{period}} period")],
                 unit="percentunit",
                 description="(CE - CN) / CS of the current and last closed period",
             ),
             panel(
                 "Churn rate",
-                [target(f"churnwatch:churn_rate{{{periods}}}", "{{period}} period")],
+                [query(f"churnwatch:churn_rate{{{periods}}}", "{{period}} period")],
                 unit="percentunit",
                 description="(CS - retained) / CS",
             ),
             panel(
                 "Active customers",
-                [target("churnwatch:customers_active:sum", "active now")],
+                [query("churnwatch:customers_active:sum", "active now")],
                 width=8,
             ),
             panel(
                 "New vs churned customers",
                 [
-                    target('churnwatch:period_customers_new:sum{period="current"}', "new"),
-                    target(
+                    query('churnwatch:period_customers_new:sum{period="current"}', "new"),
+                    query(
                         'churnwatch:period_customers_start:sum{period="current"}'
                         ' - churnwatch:period_customers_retained:sum{period="current"}',
                         "churned",
@@ -112,48 +108,48 @@ def retention() -> dict:
             ),
             panel(
                 "Customers by subscription",
-                [target("churnwatch:customers_by_subscription:sum", "{{status}}")],
+                [query("churnwatch:customers_by_subscription:sum", "{{status}}")],
                 width=8,
             ),
             panel(
                 "Repeat-purchase rate",
-                [target(f"churnwatch:repeat_purchase_rate{{{periods}}}", "{{period}} period")],
+                [query(f"churnwatch:repeat_purchase_rate{{{periods}}}", "{{period}} period")],
                 unit="percentunit",
                 width=8,
             ),
             panel(
                 "NPS",
                 [
-                    target(f"churnwatch:nps{{{periods}}}", "{{period}} period"),
-                    target("churnwatch:nps_90d", "last 90 days"),
+                    query(f"churnwatch:nps{{{periods}}}", "{{period}} period"),
+                    query("churnwatch:nps_90d", "last 90 days"),
                 ],
                 width=8,
             ),
             panel(
                 "CSAT",
                 [
-                    target(f"churnwatch:csat{{{periods}}}", "{{period}} period"),
-                    target("churnwatch:csat_90d", "last 90 days"),
+                    query(f"churnwatch:csat{{{periods}}}", "{{period}} period"),
+                    query("churnwatch:csat_90d", "last 90 days"),
                 ],
                 unit="percentunit",
                 width=8,
             ),
             panel(
                 "Revenue",
-                [target(f"churnwatch:period_revenue:sum{{{periods}}}", "{{period}} period")],
+                [query(f"churnwatch:period_revenue:sum{{{periods}}}", "{{period}} period")],
                 unit="currencyUSD",
                 width=8,
             ),
             panel(
                 "Revenue churn rate",
-                [target(f"churnwatch:revenue_churn_rate{{{periods}}}", "{{period}} period")],
+                [query(f"churnwatch:revenue_churn_rate{{{periods}}}", "{{period}} period")],
                 unit="percentunit",
                 width=8,
                 description="MRR of cancelled subscriptions / MRR at the period's start",
             ),
             panel(
                 "Predicted CLV (mean, customers not churned)",
-                [target("churnwatch:predicted_clv:avg", "mean CLV")],
+                [query("churnwatch:predicted_clv:avg", "mean CLV")],
                 unit="currencyUSD",
                 width=8,
             ),
@@ -162,48 +158,49 @@ def retention() -> dict:
     )
 
 
-def cohorts() -> dict:
+def cohort_matrix() -> Panel:
+    """Rows: acquisition month; columns: months since; cells coloured red to green."""
+    cells = query("churnwatch:cohort_retention").format(promql.PromQueryFormat.TABLE).instant()
+    background = {"type": common.TableCellDisplayMode.COLOR_BACKGROUND.value}
+    matrix = models.DataTransformerConfig(
+        id_val="groupingToMatrix",
+        options={"rowField": "cohort", "columnField": "offset", "valueField": "Value"},
+    )
+    return (
+        panel(
+            "Cohort retention (share of month-0 buyers buying in month N)",
+            [cells],
+            kind=table.Panel,
+            unit="percentunit",
+            width=24,
+            height=14,
+            description="Rows: acquisition month; columns: months since acquisition",
+        )
+        .cell_height(common.TableCellHeight.SM)
+        .show_header(True)
+        # This release's table builder has no field-level cell options: the cells'
+        # colour background is set as an override on every number field instead.
+        .override_by_field_type(
+            "number",
+            [models.DynamicConfigValue(id_val="custom.cellOptions", value=background)],
+        )
+        .color_scheme(dashboards.FieldColor().mode(models.FieldColorModeId.CONTINUOUS_RD_YL_GR))
+        .min(0)
+        .max(1)
+        .with_transformation(matrix)
+    )
+
+
+def cohorts() -> dict[str, Any]:
     return dashboard(
         "churnwatch-cohorts",
         "churnwatch · cohort retention",
         [
-            panel(
-                "Cohort retention (share of month-0 buyers buying in month N)",
-                [target("churnwatch:cohort_retention", "", format="table", instant=True)],
-                kind="table",
-                unit="percentunit",
-                width=24,
-                height=14,
-                description="Rows: acquisition month; columns: months since acquisition",
-                cellHeight="sm",
-                showHeader=True,
-            )
-            | {
-                "transformations": [
-                    {
-                        "id": "groupingToMatrix",
-                        "options": {
-                            "rowField": "cohort",
-                            "columnField": "offset",
-                            "valueField": "Value",
-                        },
-                    }
-                ],
-                "fieldConfig": {
-                    "defaults": {
-                        "unit": "percentunit",
-                        "custom": {"cellOptions": {"type": "color-background"}},
-                        "color": {"mode": "continuous-RdYlGr"},
-                        "min": 0,
-                        "max": 1,
-                    },
-                    "overrides": [],
-                },
-            },
+            cohort_matrix(),
             panel(
                 "Cohort sizes (customers buying in month N)",
-                [target('churnwatch:cohort_customers:sum{offset="0"}', "{{cohort}}")],
-                kind="barchart",
+                [query('churnwatch:cohort_customers:sum{offset="0"}', "{{cohort}}")],
+                kind=barchart.Panel,
                 width=24,
             ),
         ],
@@ -211,36 +208,35 @@ def cohorts() -> dict:
     )
 
 
-def at_risk() -> dict:
+def at_risk() -> dict[str, Any]:
     return dashboard(
         "churnwatch-at-risk",
         "churnwatch · customers at risk",
         [
             panel(
                 "Customers by risk tier",
-                [target("churnwatch:customers_by_tier:sum", "{{tier}}")],
+                [query("churnwatch:customers_by_tier:sum", "{{tier}}")],
                 description="Customers not churned, by the tier of their last assessment",
             ),
             panel(
                 "Value at risk by tier",
-                [target("churnwatch:value_at_risk:sum", "{{tier}}")],
+                [query("churnwatch:value_at_risk:sum", "{{tier}}")],
                 unit="currencyUSD",
                 description="sum of risk score x predicted CLV - cost to serve",
             ),
             panel(
                 "Alerts by status and tier (per hour)",
                 [
-                    target(
+                    query(
                         f"sum by (status, tier) (rate(churnwatch_alerts_total[{RATE}])) * 3600",
                         "{{status}} {{tier}}",
                     )
                 ],
-                unit="short",
             ),
             panel(
                 "Alert reasons by status, firing vs resolved (per hour)",
                 [
-                    target(
+                    query(
                         "sum by (status, reason) (rate(churnwatch_alert_reasons_total"
                         f'{{status=~"firing|escalated|resolved"}}[{RATE}])) * 3600',
                         "{{status}}: {{reason}}",
@@ -252,7 +248,7 @@ def at_risk() -> dict:
             panel(
                 "Risk assessments per second",
                 [
-                    target(
+                    query(
                         f"sum by (trigger) (rate(churnwatch_risk_assessments_total[{RATE}]))",
                         "{{trigger}}",
                     )
@@ -265,89 +261,68 @@ def at_risk() -> dict:
     )
 
 
-def pipeline() -> dict:
+def per_second(metric: str, by: str) -> prometheus.Dataquery:
+    return query(f"sum by ({by}) (rate({metric}[{RATE}]))", f"{{{{{by}}}}}")
+
+
+def pipeline() -> dict[str, Any]:
+    quantile = (
+        "histogram_quantile({q}, sum by (le) (rate(churnwatch_event_latency_seconds_bucket[{r}])))"
+    )
     return dashboard(
         "churnwatch-pipeline",
         "churnwatch · pipeline health",
         [
             panel(
                 "Events consumed per second, by type",
-                [
-                    target(
-                        f"sum by (type) (rate(churnwatch_events_consumed_total[{RATE}]))",
-                        "{{type}}",
-                    )
-                ],
+                [per_second("churnwatch_events_consumed_total", "type")],
                 unit="ops",
             ),
             panel(
                 "Consumer lag (messages)",
-                [target("sum by (topic) (churnwatch_consumer_lag_messages)", "{{topic}}")],
+                [query("sum by (topic) (churnwatch_consumer_lag_messages)", "{{topic}}")],
             ),
             panel(
                 "Dead letters per second, by reason",
-                [
-                    target(
-                        f"sum by (reason) (rate(churnwatch_events_rejected_total[{RATE}]))",
-                        "{{reason}}",
-                    )
-                ],
+                [per_second("churnwatch_events_rejected_total", "reason")],
                 unit="ops",
                 width=8,
             ),
             panel(
                 "Duplicates per second",
-                [
-                    target(
-                        f"sum by (type) (rate(churnwatch_events_duplicate_total[{RATE}]))",
-                        "{{type}}",
-                    )
-                ],
+                [per_second("churnwatch_events_duplicate_total", "type")],
                 unit="ops",
                 width=8,
             ),
             panel(
                 "Late events per second",
-                [
-                    target(
-                        f"sum by (type) (rate(churnwatch_events_late_total[{RATE}]))",
-                        "{{type}}",
-                    )
-                ],
+                [per_second("churnwatch_events_late_total", "type")],
                 unit="ops",
                 width=8,
             ),
             panel(
                 "Processing latency (record timestamp → state written)",
                 [
-                    target(
-                        "histogram_quantile(0.5, sum by (le) "
-                        f"(rate(churnwatch_event_latency_seconds_bucket[{RATE}])))",
-                        "p50",
-                    ),
-                    target(
-                        "histogram_quantile(0.99, sum by (le) "
-                        f"(rate(churnwatch_event_latency_seconds_bucket[{RATE}])))",
-                        "p99",
-                    ),
+                    query(quantile.format(q=0.5, r=RATE), "p50"),
+                    query(quantile.format(q=0.99, r=RATE), "p99"),
                 ],
                 unit="s",
             ),
             panel(
                 "Event-time lag by partition",
-                [target("max by (partition) (churnwatch_event_time_lag_seconds)", "{{partition}}")],
+                [query("max by (partition) (churnwatch_event_time_lag_seconds)", "{{partition}}")],
                 unit="s",
             ),
             panel(
                 "Memory per worker (RSS)",
-                [target("process_resident_memory_bytes", "{{instance}}")],
+                [query("process_resident_memory_bytes", "{{instance}}")],
                 unit="bytes",
                 width=8,
             ),
             panel(
                 "Batch processing time, p99",
                 [
-                    target(
+                    query(
                         "histogram_quantile(0.99, sum by (le, instance) "
                         f"(rate(churnwatch_batch_processing_seconds_bucket[{RATE}])))",
                         "{{instance}}",
@@ -359,9 +334,9 @@ def pipeline() -> dict:
             panel(
                 "Redis serving view",
                 [
-                    target("churnwatch_redis_up", "up {{instance}}"),
-                    target("churnwatch_redis_buffered", "buffered {{instance}}"),
-                    target("increase(churnwatch_redis_overflows_total[1h])", "overflows/h"),
+                    query("churnwatch_redis_up", "up {{instance}}"),
+                    query("churnwatch_redis_buffered", "buffered {{instance}}"),
+                    query("increase(churnwatch_redis_overflows_total[1h])", "overflows/h"),
                 ],
                 width=8,
             ),
@@ -370,7 +345,7 @@ def pipeline() -> dict:
     )
 
 
-DASHBOARDS = {
+DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
     "retention.json": retention,
     "cohorts.json": cohorts,
     "at-risk.json": at_risk,
