@@ -12,9 +12,10 @@ from processor.arrival import Arrival
 from processor.intake import Counts
 from processor.partition import PartitionState
 from retention.alerts import Alert, Lifecycle
-from retention.apply import Applied, Policy, apply
+from retention.apply import Applied, Policy, apply, money
 from retention.partition import RiskSummary
-from retention.periods import PeriodEngine
+from retention.periods import PeriodEngine, Snapshot
+from retention.segments import Segments, segment_name
 from retention.state import CustomerState, decode_state
 from retention.timeutil import Micros
 from schemas.events import Feedback, Purchase, Signup
@@ -29,6 +30,7 @@ class Rules:
     lifecycle: Lifecycle
     periods: PeriodEngine
     lateness: Micros
+    segments: Segments
 
 
 def summary(state: CustomerState | None) -> RiskSummary | None:
@@ -48,6 +50,8 @@ class Touched:
         self.table = table
         self.states: dict[bytes, CustomerState] = {}
         self.before: dict[bytes, RiskSummary | None] = {}
+        #: Segment names before the batch, for the risk sums by segment.
+        self.segment_before: dict[bytes, str | None] = {}
         self.alerts: list[tuple[Alert, Any]] = []
 
     def stored(self, key: bytes) -> CustomerState | None:
@@ -61,11 +65,25 @@ class Touched:
     def note_before(self, key: bytes, state: CustomerState | None) -> None:
         if key not in self.before:
             self.before[key] = summary(state)
+            self.segment_before[key] = segment_name(state)
 
-    def move_risk(self, pstate: PartitionState) -> None:
-        """Keep the partition's sums by tier exact."""
+    def move_risk(self, pstate: PartitionState, segments: Segments) -> None:
+        """Keep the partition's sums by tier exact, and its segments' (a customer
+        due for re-assessment only is not in ``before``: its segment did not move)."""
+        seg = pstate.segments
         for key, state in self.states.items():
-            pstate.move_risk(self.before.get(key), summary(state))
+            old = self.before.get(key)
+            new = summary(state)
+            pstate.move_risk(old, new)
+            if seg is None:
+                continue
+            main = pstate.periods
+            name = self.segment_before.get(key, segment_name(state))
+            segments.move_risk(
+                seg,
+                None if old is None else (segments.bucket(seg, main, name), old),
+                None if new is None else (segments.of(seg, main, state), new),
+            )
 
 
 def fold(
@@ -74,6 +92,8 @@ def fold(
     """Apply ``ready`` (in order) to the customers; returns how many assessments."""
     periods = rules.periods
     book = pstate.periods
+    seg = pstate.segments
+    bucket = ""
     lifecycle = rules.lifecycle
     assessed = 0
     for arrival in ready:
@@ -100,6 +120,9 @@ def fold(
         if not redelivered:
             periods.extend(book, at)
             before = periods.snapshot(book, state, isinstance(decoded, Purchase | Signup))
+            if seg is not None:
+                rules.segments.extend(seg, at)
+                bucket = rules.segments.of(seg, book, state)
         watermark = arrival.watermark or at
         applied = apply(state, decoded, watermark, rules.policy, at=at, tie=arrival.order[1])
         touched.states[key] = applied.state
@@ -115,11 +138,42 @@ def fold(
         # Period figures, like counters, take each message once: a redelivered one
         # was counted in the partition record that is stored before its customers.
         if not applied.duplicate:
-            periods.update(book, before, applied.state, at)
-            if isinstance(decoded, Feedback):
-                periods.feedback(book, at, decoded.kind, decoded.score, watermark)
+            _periods(rules, pstate, bucket, before, applied, arrival)
         _count(pstate, counts, topics.INPUT_TOPICS[message.topic], applied)
     return assessed
+
+
+def _periods(
+    rules: Rules,
+    pstate: PartitionState,
+    bucket: str,
+    before: Snapshot,
+    applied: Applied,
+    arrival: Arrival,
+) -> None:
+    """The period figures of one applied (not duplicate, not redelivered) event: the
+    partition's, and its customer's segment's (``bucket``: theirs before it)."""
+    periods = rules.periods
+    book = pstate.periods
+    at = arrival.order[0]
+    decoded = arrival.event
+    watermark = arrival.watermark or at
+    after = periods.update(book, before, applied.state, at)
+    cost = None
+    if isinstance(decoded, Feedback):
+        periods.feedback(book, at, decoded.kind, decoded.score, watermark)
+    elif isinstance(decoded, Purchase) and decoded.cost_to_serve is not None:
+        cost = money(decoded.cost_to_serve)
+        periods.cost(book, at, cost)
+    seg = pstate.segments
+    if seg is None:
+        return
+    segments = rules.segments
+    bucket = segments.update(seg, book, bucket, before, after, applied.state, at)
+    if isinstance(decoded, Feedback):
+        segments.feedback(seg, bucket, at, decoded.kind, decoded.score, watermark)
+    elif cost is not None:
+        segments.cost(seg, bucket, at, cost)
 
 
 def _count(pstate: PartitionState, counts: Counts, kind: str, applied: Applied) -> None:

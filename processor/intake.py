@@ -28,6 +28,7 @@ from processor.routing import Router
 from retention.apply import id_hash, money
 from retention.partition import MONEY_BUDGET
 from retention.periods import PeriodEngine
+from retention.segments import Segments
 from retention.timeutil import DAY, SECOND, Micros, to_micros
 from schemas.deadletter import DEADLETTER_MAX_BYTES, DeadLetter
 from schemas.decode import EventDecoder, Rejected
@@ -60,10 +61,17 @@ class Read:
 class Intake:
     """Decodes, validates and dead-letters the input of a worker's partitions."""
 
-    def __init__(self, decoder: EventDecoder, deadletters: Sender, periods: PeriodEngine) -> None:
+    def __init__(
+        self,
+        decoder: EventDecoder,
+        deadletters: Sender,
+        periods: PeriodEngine,
+        segments: Segments | None = None,
+    ) -> None:
         self.decoder = decoder
         self.deadletters = deadletters
         self.periods = periods
+        self.segments = segments
 
     def read(
         self, pstate: PartitionState, group: list[Any], router: Router | None, counts: Counts
@@ -128,6 +136,8 @@ class Intake:
         moment = to_micros(tick.time)
         pstate.tick(moment)
         self.periods.extend(pstate.periods, moment)
+        if self.segments is not None and pstate.segments is not None:
+            self.segments.extend(pstate.segments, moment)
         if not redelivered:
             pstate.ticks += 1
             counts["consumed", "tick"] += 1
