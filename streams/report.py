@@ -48,6 +48,8 @@ def period_line(label: str, start: Micros, end: Micros, f: Figures) -> dict[str,
         "csat": _ratio(f.csat_satisfied, f.csat_responses),
         "nps_responses": nps_responses,
         "csat_responses": f.csat_responses,
+        "cost_to_serve": round(f.cost_to_serve / MONEY_UNIT, 6),
+        "margin": round((f.revenue - f.cost_to_serve) / MONEY_UNIT, 6),
     }
 
 
