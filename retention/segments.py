@@ -26,14 +26,14 @@ customers it holds, and a fleet of P partitions exports at most P * cap + 2 name
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from retention.partition import RiskSummary, move_summary
 from retention.period_book import Figures, Period, PeriodBook
 from retention.periods import PeriodEngine, Snapshot
 from retention.segment_book import NONE, OTHER, SEGMENT_KEEP, RiskSums, SegmentBook
 from retention.state import CustomerState
-from retention.timeutil import Micros
+from retention.timeutil import DAY, Micros
 
 DEFAULT_CAP: Final = 50
 
@@ -149,3 +149,23 @@ def _mirror(main: PeriodBook) -> PeriodBook:
         closed=[empty(main.closed[-1])] if main.closed else [],
         horizon=main.horizon,
     )
+
+
+def at_watermark(segments: SegmentBook, watermark: Micros | None) -> dict[str, dict[str, Any]]:
+    """Per bucket, as of the partition's watermark: customers active now (to the
+    day, as ``PeriodBook.active_on``), customers and value at risk by tier and
+    predicted CLV (cents) of their last assessments, and the cost to serve of the
+    current period (micro-units) with the customers it is spread over."""
+    out: dict[str, dict[str, Any]] = {}
+    today = None if watermark is None else watermark // DAY
+    for bucket, book in segments.books.items():
+        risk = segments.risk.get(bucket, RiskSums())
+        current = book.open[-1] if book.open else book.closed[-1] if book.closed else None
+        out[bucket] = {
+            "active": 0 if today is None else book.active_on(today),
+            "tiers": {k: v for k, v in risk.tiers.items() if v},
+            "value_at_risk": {k: v for k, v in risk.value_at_risk.items() if v},
+            "clv": risk.clv,
+            "cost_to_serve": 0 if current is None else current.figures.cost_to_serve,
+        }
+    return out

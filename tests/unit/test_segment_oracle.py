@@ -16,11 +16,14 @@ from pathlib import Path
 import pytest
 
 from processor.partition import PartitionState, decode_partition
+from retention.calendar import Calendar
 from retention.period_book import Figures
+from retention.segments import at_watermark
 from retention.timeutil import DAY, to_micros
 from streams.generator import GeneratorProfile, write_history
 from streams.inputs import read_events
 from streams.partitions import partition_state_key
+from streams.report import build_report
 from streams.settings import Settings
 from tests import oracle, oracle_segments
 from tests.inprocess import Run
@@ -99,6 +102,25 @@ def test_segments_equal_the_oracle(
             tiers[tier] = tiers.get(tier, 0) + count
     assert {k: v for k, v in tiers.items() if v} == part.tiers
     assert sum(s.clv for s in seg.risk.values()) == part.clv
+    # The replay report's segments: the same lines, derived rates included.
+    report = build_report([part], to_micros(END), 0, {}, Calendar(config.period))
+    assert set(report["segments"]) == set(expected)
+    for bucket, periods in expected.items():
+        assert report["segments"][bucket]["periods"] == [p.line() for p in periods], bucket
+    # At the watermark: active customers per segment, as the oracle counts them.
+    loaded = oracle.load(oracle.read_lines(path), to_micros(END))
+    grouped = oracle.by_customer(loaded.events)
+    verdicts = oracle_segments.Buckets(grouped, cap, lambda cid: 0)
+    members: dict[str, list[oracle.Event]] = {}
+    for cid, items in grouped.items():
+        first = oracle_segments.home(items)
+        members.setdefault(verdicts.of(cid, first and first.segment), []).extend(items)
+    now = at_watermark(seg, part.watermark)
+    day = (to_micros(END) + config.lateness) // DAY
+    assert part.watermark is not None and part.watermark // DAY == day
+    for bucket, items in members.items():
+        assert now[bucket]["active"] == oracle.rolling(items, config.window, day)["active"], bucket
+    assert sum(v["active"] for v in now.values()) == part.periods.active_on(day)
 
 
 def _edit(path: Path, change: str) -> Path:
