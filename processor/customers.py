@@ -15,7 +15,7 @@ from retention.alerts import Alert, Lifecycle
 from retention.apply import Applied, Policy, apply, money
 from retention.partition import RiskSummary
 from retention.periods import PeriodEngine, Snapshot
-from retention.segments import Segments, segment_name
+from retention.segments import Segments, last_open, segment_name
 from retention.state import CustomerState, decode_state
 from retention.timeutil import Micros
 from schemas.events import Feedback, Purchase, Signup
@@ -118,10 +118,12 @@ def fold(
             for alert in lifecycle.catch_up(state, at):
                 touched.alerts.append((alert, message))
         if not redelivered:
+            last = last_open(book)
             periods.extend(book, at)
             before = periods.snapshot(book, state, isinstance(decoded, Purchase | Signup))
             if seg is not None:
-                rules.segments.extend(seg, at)
+                if last_open(book) != last:  # segment books open periods with ``book``
+                    rules.segments.extend(seg, at)
                 bucket = rules.segments.of(seg, book, state)
         watermark = arrival.watermark or at
         applied = apply(state, decoded, watermark, rules.policy, at=at, tie=arrival.order[1])

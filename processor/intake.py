@@ -28,7 +28,7 @@ from processor.routing import Router
 from retention.apply import id_hash, money
 from retention.partition import MONEY_BUDGET
 from retention.periods import PeriodEngine
-from retention.segments import Segments
+from retention.segments import Segments, last_open
 from retention.timeutil import DAY, SECOND, Micros, to_micros
 from schemas.deadletter import DEADLETTER_MAX_BYTES, DeadLetter
 from schemas.decode import EventDecoder, Rejected
@@ -135,8 +135,10 @@ class Intake:
             return
         moment = to_micros(tick.time)
         pstate.tick(moment)
+        last = last_open(pstate.periods)
         self.periods.extend(pstate.periods, moment)
-        if self.segments is not None and pstate.segments is not None:
+        opened = last_open(pstate.periods) != last  # segment books open periods with it
+        if opened and self.segments is not None and pstate.segments is not None:
             self.segments.extend(pstate.segments, moment)
         if not redelivered:
             pstate.ticks += 1

@@ -38,6 +38,11 @@ from retention.timeutil import DAY, Micros
 DEFAULT_CAP: Final = 50
 
 
+def last_open(book: PeriodBook) -> Micros | None:
+    """Start of the book's latest open period: it moves when ``extend`` opens one."""
+    return book.open[-1].start if book.open else None
+
+
 def segment_name(state: CustomerState | None) -> str | None:
     """The customer's segment as given (None: no signup, or one without a segment)."""
     return None if state is None else state.home_signup()[0]
@@ -72,7 +77,11 @@ class Segments:
         return self.bucket(segments, main, segment_name(state))
 
     def extend(self, segments: SegmentBook, moment: Micros) -> None:
-        """As ``PeriodEngine.extend`` on the partition's book, for every segment's."""
+        """As ``PeriodEngine.extend`` on the partition's book, for every segment's.
+
+        Needed only when that opened a period (``last_open`` moved): otherwise every
+        period up to ``moment``'s is open already, and a segment book's horizon left
+        behind only makes its next ``extend`` look again."""
         for book in segments.books.values():
             self.periods.extend(book, moment)
 
