@@ -42,7 +42,7 @@ from processor.routing import Router
 from retention.alerts import Alert
 from retention.calendar import Calendar
 from retention.periods import PeriodEngine
-from retention.segments import Segments
+from retention.segments import DIMENSIONS, Segments
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,11 @@ class CustomerBatch:
         self.router = router
         self.routing = False
         periods = PeriodEngine(Calendar(settings.period), settings.window, settings.lateness)
-        segments = Segments(periods, settings.segment_cap)
-        self.rules = Rules(settings.policy, parts.lifecycle, periods, settings.lateness, segments)
-        self.intake = Intake(parts.decoder, parts.deadletters, periods, segments)
+        dimensions = tuple(
+            Segments(periods, settings.segment_cap, dimension) for dimension in DIMENSIONS
+        )
+        self.rules = Rules(settings.policy, parts.lifecycle, periods, settings.lateness, dimensions)
+        self.intake = Intake(parts.decoder, parts.deadletters, periods, dimensions)
         self.partitions = Partitions(parts.table)
         self.positions = Positions(parts.offsets, settings.batch_max)
         self.outbox = outbox.Outbox(parts.alerts, router)
@@ -278,8 +280,10 @@ class CustomerBatch:
         assessed = fold(rules, pstate, ready, counts, touched)
         settled = pstate.settled
         rules.periods.close(pstate.periods, settled)
-        if pstate.segments is not None:
-            rules.segments.close(pstate.segments, settled)
+        for engine in rules.dimensions:
+            kept = engine.book_of(pstate)
+            if kept is not None:
+                engine.close(kept, settled)
         due = DueBuckets(self.table, partition, pstate.due_days)
         for key, state in touched.states.items():
             due.schedule(rules.lifecycle, key, state)
@@ -287,7 +291,7 @@ class CustomerBatch:
             limit = settled - rules.lateness
             reassessed = self.metrics.risk_assessments["due"]
             due.reassess(rules.lifecycle, limit, touched, last, reassessed)
-        touched.move_risk(pstate, rules.segments)
+        touched.move_risk(pstate, rules.dimensions)
         first = pstate.forwarded - len(forwards)  # forwards are counted as read
         batch = outbox.records(partition, touched.alerts, first, forwards)
         unacked, delivered = self.outbox.delivered(partition)

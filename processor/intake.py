@@ -66,12 +66,12 @@ class Intake:
         decoder: EventDecoder,
         deadletters: Sender,
         periods: PeriodEngine,
-        segments: Segments | None = None,
+        dimensions: tuple[Segments, ...] = (),
     ) -> None:
         self.decoder = decoder
         self.deadletters = deadletters
         self.periods = periods
-        self.segments = segments
+        self.dimensions = dimensions
 
     def read(
         self, pstate: PartitionState, group: list[Any], router: Router | None, counts: Counts
@@ -138,8 +138,10 @@ class Intake:
         last = last_open(pstate.periods)
         self.periods.extend(pstate.periods, moment)
         opened = last_open(pstate.periods) != last  # segment books open periods with it
-        if opened and self.segments is not None and pstate.segments is not None:
-            self.segments.extend(pstate.segments, moment)
+        for engine in self.dimensions if opened else ():
+            kept = engine.book_of(pstate)
+            if kept is not None:
+                engine.extend(kept, moment)
         if not redelivered:
             pstate.ticks += 1
             counts["consumed", "tick"] += 1

@@ -61,7 +61,7 @@ _WIRE_ORDER = (
     "deadletter", "duplicates", "late", "ticks", "offsets", "previous", "periods",
     "due_days", "tiers", "value_at_risk", "clv", "aligned", "pending_days", "pending",
     "released", "outbox", "money", "forwarded", "received", "routed",
-    "routed_frontier", "peers", "segments",
+    "routed_frontier", "peers", "segments", "plans",
 )  # fmt: skip
 if sorted(_WIRE_ORDER) != sorted(PartitionState.__struct_fields__):
     raise RuntimeError("_WIRE_ORDER must name every field of PartitionState once")
@@ -73,11 +73,12 @@ _DECODER = msgspec.msgpack.Decoder(PartitionState)
 def encode_partition(state: PartitionState) -> bytes:
     # A dict keeps insertion order and encodes as the struct's own map would (every
     # field, defaults included): byte for byte the record of a single struct.
-    # ``segments`` None (a record of a release before them, written again) is left
+    # ``segments`` and ``plans`` None (a record of a release before them) are left
     # out, which decodes as None again.
     fields = {name: getattr(state, name) for name in _WIRE_ORDER}
-    if state.segments is None:
-        del fields["segments"]
+    for name in ("segments", "plans"):
+        if fields[name] is None:
+            del fields[name]
     return _ENCODER.encode(fields)
 
 
@@ -118,7 +119,7 @@ class Partitions:
     def load(self, partition: int) -> PartitionState:
         raw = self.table.get(partition_state_key(partition))
         if raw is None:  # a new partition: it keeps figures per segment from its start
-            return PartitionState(partition=partition, segments=SegmentBook())
+            return PartitionState(partition=partition, segments=SegmentBook(), plans=SegmentBook())
         return decode_partition(raw)
 
     def store(self, pstate: PartitionState) -> None:

@@ -103,6 +103,8 @@ class PartitionFigures(msgspec.Struct, kw_only=True):
     #: before them: its customers' past is not in any segment's book, so that
     #: partition keeps none (replay the history to have them); a new record has one.
     segments: SegmentBook | None = None
+    #: The same by the plan of the customer's earliest signup (the second dimension).
+    plans: SegmentBook | None = None
 
     def align(
         self,

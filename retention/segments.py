@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from retention.partition import RiskSummary, move_summary
+from retention.partition import PartitionFigures, RiskSummary, move_summary
 from retention.period_book import Figures, Period, PeriodBook
 from retention.periods import PeriodEngine, Snapshot
 from retention.segment_book import NONE, OTHER, SEGMENT_KEEP, RiskSums, SegmentBook
@@ -48,14 +48,36 @@ def segment_name(state: CustomerState | None) -> str | None:
     return None if state is None else state.home_signup()[0]
 
 
-class Segments:
-    """Operations on a SegmentBook; pure, with the period engine and cap fixed."""
+def plan_name(state: CustomerState | None) -> str | None:
+    """The plan of the customer's earliest signup (None: none)."""
+    return None if state is None else state.home_signup()[1]
 
-    def __init__(self, periods: PeriodEngine, cap: int = DEFAULT_CAP) -> None:
+
+#: The dimensions a customer is counted by: the partition record's field holding
+#: its book, and the customer's name in it. The plan is the second dimension
+#: (DESIGN section 10), kept by the same rules, the cap included.
+DIMENSIONS: Final = {"segments": segment_name, "plans": plan_name}
+
+
+class Segments:
+    """Operations on a SegmentBook; pure, with the period engine, cap and dimension
+    (``DIMENSIONS``: "segments" or "plans") fixed."""
+
+    def __init__(
+        self, periods: PeriodEngine, cap: int = DEFAULT_CAP, dimension: str = "segments"
+    ) -> None:
         if cap < 0:
             raise ValueError("the segment cap must be 0 or more")
         self.periods = periods
         self.cap = cap
+        self.dimension = dimension
+        self.name = DIMENSIONS[dimension]
+
+    def book_of(self, figures: PartitionFigures) -> SegmentBook | None:
+        """The partition's book of this dimension (None: a record of a release
+        before it)."""
+        book: SegmentBook | None = getattr(figures, self.dimension)
+        return book
 
     def bucket(self, segments: SegmentBook, main: PeriodBook, name: str | None) -> str:
         """The bucket of segment ``name``, tracking it if there is room (its book
@@ -74,7 +96,7 @@ class Segments:
         return bucket
 
     def of(self, segments: SegmentBook, main: PeriodBook, state: CustomerState | None) -> str:
-        return self.bucket(segments, main, segment_name(state))
+        return self.bucket(segments, main, self.name(state))
 
     def extend(self, segments: SegmentBook, moment: Micros) -> None:
         """As ``PeriodEngine.extend`` on the partition's book, for every segment's.

@@ -88,16 +88,21 @@ def _lines(
 
 
 def segment_reports(
-    partitions: Sequence[PartitionFigures], first: Micros, as_of: Micros, calendar: Calendar
+    partitions: Sequence[PartitionFigures],
+    first: Micros,
+    as_of: Micros,
+    calendar: Calendar,
+    field: str = "segments",
 ) -> dict[str, dict[str, Any]]:
-    """Per segment bucket, its periods summed over the partitions, as the whole
-    business's are: the same periods, the same derived rates."""
+    """Per segment (``field="plans"``: plan) bucket, its periods summed over the
+    partitions, as the whole business's are: the same periods, the same rates."""
     sums: dict[str, dict[Micros, Figures]] = defaultdict(dict)
     bounds: dict[Micros, tuple[str, Micros]] = {}
     for part in partitions:
-        if part.segments is None:
+        kept = getattr(part, field)
+        if kept is None:
             continue  # a record of a release before segments: none kept there
-        for bucket, book in part.segments.books.items():
+        for bucket, book in kept.books.items():
             _add_closed(book, first, as_of, sums[bucket], bounds)
     return {
         bucket: {"periods": _lines(sums[bucket], bounds, first, as_of, calendar)}
@@ -135,4 +140,5 @@ def build_report(
         "periods": _lines(sums, bounds, first, as_of, calendar),
         "cohorts": cohort_rows,
         "segments": segment_reports(partitions, first, as_of, calendar),
+        "plans": segment_reports(partitions, first, as_of, calendar, "plans"),
     }

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from retention.partition import PartitionFigures
 from retention.period_book import Figures, Period
+from retention.segment_book import SegmentBook
 from retention.segments import at_watermark
 from retention.state import MONEY_UNIT
 from streams.report import period_line
@@ -58,54 +59,70 @@ def _summed(periods: list[tuple[Period, bool]], want_open: bool) -> dict[str, An
 def segments_view(
     partitions: Iterable[PartitionFigures], targets: Mapping[str, float], period: str
 ) -> dict[str, Any]:
-    """The body of ``/segments``."""
+    """The body of ``/segments``: per segment against its target, and per plan (the
+    second dimension; targets are per segment)."""
+    states = list(partitions)
+    kept = [p.partition for p in states if p.segments is not None]
+    without = [p.partition for p in states if p.segments is None]
+    return {
+        "period": period,
+        "partitions": sorted(kept),
+        "partitions_without_segments": sorted(without),
+        "segments": _dimension(states, "segments", targets, period),
+        "plans": _dimension(states, "plans", {}, period),
+    }
+
+
+def _dimension(
+    partitions: list[PartitionFigures], field: str, targets: Mapping[str, float], period: str
+) -> dict[str, Any]:
     periods: dict[str, list[tuple[Period, bool]]] = defaultdict(list)
     now: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"active": 0, "tiers": defaultdict(int), "value_at_risk": defaultdict(int),
                  "clv": 0, "cost_to_serve": 0}
     )  # fmt: skip
-    kept, without = [], []
     for part in partitions:
-        if part.segments is None:
-            without.append(part.partition)
+        kept: SegmentBook | None = getattr(part, field)
+        if kept is None:
             continue
-        kept.append(part.partition)
-        for bucket, book in part.segments.books.items():
+        for bucket, book in kept.books.items():
             periods[bucket].extend((p, True) for p in book.open)
             periods[bucket].extend((p, False) for p in book.closed)
-        for bucket, figures in at_watermark(part.segments, part.watermark).items():
+        for bucket, figures in at_watermark(kept, part.watermark).items():
             total = now[bucket]
             for name in ("active", "clv", "cost_to_serve"):
                 total[name] += figures[name]
             for name in ("tiers", "value_at_risk"):
                 for tier, value in figures[name].items():
                     total[name][tier] += value
-    segments: dict[str, Any] = {}
-    for bucket in sorted(periods):
-        monthly = targets.get(bucket)
-        target = None if monthly is None else period_target(monthly, period)
-        entry: dict[str, Any] = {"churn_target": {"monthly": monthly, "period": target}}
-        for which, want_open in (("current", True), ("last", False)):
-            line = _summed(periods[bucket], want_open)
-            entry[which] = line
-            rate = None if line is None else line["churn_rate"]
-            entry[f"{which}_churn"] = verdict(rate, target)
-        figures = now[bucket]
-        active = figures["active"]
-        entry["now"] = {
-            "customers_active": active,
-            "customers_by_tier": dict(figures["tiers"]),
-            "value_at_risk": {k: v / 100 for k, v in figures["value_at_risk"].items()},
-            "predicted_clv": figures["clv"] / 100,
-            "cost_to_serve_current_period": figures["cost_to_serve"] / MONEY_UNIT,
-            "cost_to_serve_per_active": (
-                None if not active else figures["cost_to_serve"] / MONEY_UNIT / active
-            ),
-        }
-        segments[bucket] = entry
     return {
-        "period": period,
-        "partitions": sorted(kept),
-        "partitions_without_segments": sorted(without),
-        "segments": segments,
+        bucket: _entry(periods[bucket], now[bucket], targets.get(bucket), period)
+        for bucket in sorted(periods)
     }
+
+
+def _entry(
+    periods: list[tuple[Period, bool]],
+    figures: dict[str, Any],
+    monthly: float | None,
+    period: str,
+) -> dict[str, Any]:
+    target = None if monthly is None else period_target(monthly, period)
+    entry: dict[str, Any] = {"churn_target": {"monthly": monthly, "period": target}}
+    for which, want_open in (("current", True), ("last", False)):
+        line = _summed(periods, want_open)
+        entry[which] = line
+        rate = None if line is None else line["churn_rate"]
+        entry[f"{which}_churn"] = verdict(rate, target)
+    active = figures["active"]
+    entry["now"] = {
+        "customers_active": active,
+        "customers_by_tier": dict(figures["tiers"]),
+        "value_at_risk": {k: v / 100 for k, v in figures["value_at_risk"].items()},
+        "predicted_clv": figures["clv"] / 100,
+        "cost_to_serve_current_period": figures["cost_to_serve"] / MONEY_UNIT,
+        "cost_to_serve_per_active": (
+            None if not active else figures["cost_to_serve"] / MONEY_UNIT / active
+        ),
+    }
+    return entry

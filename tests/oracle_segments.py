@@ -51,14 +51,19 @@ class Buckets:
     """The cap's verdicts: per partition, the tracked names (see the module doc)."""
 
     def __init__(
-        self, grouped: dict[str, list[Event]], cap: int, partition_of: Callable[[str], int]
+        self,
+        grouped: dict[str, list[Event]],
+        cap: int,
+        partition_of: Callable[[str], int],
+        attr: str = "segment",
     ) -> None:
         self.partition_of = partition_of
         firsts: dict[int, list[tuple[int, int, str]]] = defaultdict(list)
         for cid, items in grouped.items():
             first = home(items)
-            if first is not None and first.segment not in (None, NONE, OTHER):
-                firsts[partition_of(cid)].append((first.at, first.tie, first.segment or ""))
+            name = None if first is None else getattr(first, attr)
+            if first is not None and name not in (None, NONE, OTHER):
+                firsts[partition_of(cid)].append((first.at, first.tie, name))
         self.tracked: dict[int, set[str]] = defaultdict(set)
         for partition, rows in firsts.items():
             tracked = self.tracked[partition]
@@ -73,10 +78,13 @@ class Buckets:
         return name if name in self.tracked[self.partition_of(cid)] else OTHER
 
 
-def _applied_in(items: list[Event], event: Event) -> str | None:
-    """The segment the customer had when ``event`` was applied."""
+def _applied_in(items: list[Event], event: Event, attr: str) -> str | None:
+    """The segment (or plan) the customer had when ``event`` was applied."""
     before = [e for e in items if e.type == "signup" and (e.at, e.tie) < (event.at, event.tie)]
-    return min(before, key=lambda e: (e.at, e.tie)).segment if before else None
+    if not before:
+        return None
+    name: str | None = getattr(min(before, key=lambda e: (e.at, e.tie)), attr)
+    return name
 
 
 def segments(
@@ -86,13 +94,16 @@ def segments(
     until: int,
     cap: int = 50,
     partition_of: Callable[[str], int] = lambda cid: 0,
+    attr: str = "segment",
 ) -> dict[str, list[Period]]:
-    """Bucket -> its periods, over the whole business's periods (``oracle.batch``)."""
+    """Bucket -> its periods, over the whole business's periods (``oracle.batch``).
+    ``attr="plan"``: the same by the plan of the earliest signup (the second
+    dimension, kept by the same rules)."""
     if not events:
         return {}
     first = min(e.at for e in events)
     grouped = by_customer(events)
-    verdicts = Buckets(grouped, cap, partition_of)
+    verdicts = Buckets(grouped, cap, partition_of, attr)
     out: dict[str, list[Period]] = {}
 
     def book(bucket: str) -> list[Period]:
@@ -102,23 +113,26 @@ def segments(
 
     for cid, items in grouped.items():
         signup = home(items)
-        bucket = verdicts.of(cid, None if signup is None else signup.segment)
+        bucket = verdicts.of(cid, None if signup is None else getattr(signup, attr))
         add_customer(book(bucket), _History(items), window)
         for e in items:
             if e.type in ("purchase", "feedback"):
-                periods = book(verdicts.of(cid, _applied_in(items, e)))
+                periods = book(verdicts.of(cid, _applied_in(items, e, attr)))
                 add_event(periods, [p.start for p in periods], e)
     return out
 
 
-def engine_segments(partitions: Iterable[Any]) -> dict[str, dict[int, tuple[str, int, Figures]]]:
+def engine_segments(
+    partitions: Iterable[Any], field: str = "segments"
+) -> dict[str, dict[int, tuple[str, int, Figures]]]:
     """Bucket -> period start -> (label, end, figures) of the engine's closed periods
     (``PartitionState.segments``), summed over partitions; duck-typed."""
     sums: dict[str, dict[int, tuple[str, int, Figures]]] = defaultdict(dict)
     for part in partitions:
-        if part.segments is None:
-            raise AssertionError(f"partition {part.partition} keeps no segments")
-        for bucket, book in part.segments.books.items():
+        kept = getattr(part, field)
+        if kept is None:
+            raise AssertionError(f"partition {part.partition} keeps no {field}")
+        for bucket, book in kept.books.items():
             for p in book.closed:
                 label, end, total = sums[bucket].get(p.start, (p.label, p.end, Figures()))
                 for name in FIGURES:
@@ -127,10 +141,12 @@ def engine_segments(partitions: Iterable[Any]) -> dict[str, dict[int, tuple[str,
     return sums
 
 
-def compare(want: dict[str, list[Period]], partitions: Iterable[Any]) -> list[str]:
+def compare(
+    want: dict[str, list[Period]], partitions: Iterable[Any], field: str = "segments"
+) -> list[str]:
     """Every difference between the oracle's per-segment periods and the engine's
     closed ones (an engine period the oracle lacks must be all zeros)."""
-    got = engine_segments(partitions)
+    got = engine_segments(partitions, field)
     out: list[str] = []
     for bucket in sorted(set(want) | set(got)):
         engine = dict(got.get(bucket, {}))

@@ -134,7 +134,7 @@ def recovered(
 #: checks what a recovered worker makes of them on their own.
 LATER_FIELDS: dict[str, frozenset[str]] = {
     "CustomerState": frozenset({"home"}),  # retention/state.py: the earliest signup
-    "PartitionState": frozenset({"segments"}),  # retention/segments.py
+    "PartitionState": frozenset({"segments", "plans"}),  # retention/segments.py
     "Figures": frozenset({"cost_to_serve"}),  # a period's cost to serve
 }
 

@@ -14,7 +14,7 @@ def test_segments_answers_json_and_refuses_parameters() -> None:
             response = await client.get("/segments")
             assert response.status == 200
             body = await response.json()
-            assert body["period"] == "month" and body["segments"] == {}
+            assert body["period"] == "month" and body["segments"] == body["plans"] == {}
             assert body["partitions"] == [] and body["partitions_without_segments"] == []
             refused = await client.get("/segments?segment=smb")
             assert refused.status == 400

@@ -62,6 +62,15 @@ def test_segment_figures_equal_the_oracle(tmp_path: Path, partitions: int, worke
     assert set(report["segments"]) == set(want)
     for bucket, periods in want.items():
         assert report["segments"][bucket]["periods"] == [p.line() for p in periods], bucket
+    # The second dimension, the plan of the earliest signup, by the same rules.
+    plans = oracle_segments.segments(
+        loaded.events, "month", 90 * oracle.DAY, as_of, CAP,
+        lambda cid: home_partition(cid.encode(), partitions), attr="plan",
+    )  # fmt: skip
+    assert oracle_segments.compare(plans, result.partitions, "plans") == []
+    assert set(report["plans"]) == set(plans) and len(plans) >= 3
+    for bucket, periods in plans.items():
+        assert report["plans"][bucket]["periods"] == [p.line() for p in periods], bucket
     # The comparison covered something: the cap's buckets, costs, feedback, churn.
     assert {"other", "none"} <= set(want) and len(want) >= CAP + 2
     for part in result.partitions:

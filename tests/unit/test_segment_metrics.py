@@ -125,7 +125,9 @@ def test_segments_view_against_targets() -> None:
     assert enterprise["churn_target"] == {"monthly": 0.2, "period": 0.2}
     assert enterprise["now"]["customers_active"] == 7 and smb["now"]["customers_active"] == 9
     assert enterprise["current"]["period"] == "2025-03"
-    old = msgspec.structs.replace(part, segments=None)
+    pro = view["plans"]["pro"]  # every customer's plan: the whole business
+    assert pro["last"]["churned"] == 4 and pro["churn_target"]["monthly"] is None
+    old = msgspec.structs.replace(part, segments=None, plans=None)
     assert segments_view([old], {}, "month")["partitions_without_segments"] == [0]
 
 

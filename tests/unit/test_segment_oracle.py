@@ -41,11 +41,12 @@ def replay(path: Path, config: Settings) -> PartitionState:
     return decode_partition(run.table[partition_state_key(0)])
 
 
-def want(path: Path, config: Settings) -> dict[str, list[oracle.Period]]:
+def want(path: Path, config: Settings, attr: str = "segment") -> dict[str, list[oracle.Period]]:
     loaded = oracle.load(oracle.read_lines(path), to_micros(END))
     return oracle_segments.segments(
-        loaded.events, config.period, config.window, to_micros(END), config.segment_cap
-    )
+        loaded.events, config.period, config.window, to_micros(END), config.segment_cap,
+        attr=attr,
+    )  # fmt: skip
 
 
 def history(tmp_path: Path, seed: int, profile: GeneratorProfile, days: int = 240) -> Path:
@@ -107,6 +108,12 @@ def test_segments_equal_the_oracle(
     assert set(report["segments"]) == set(expected)
     for bucket, periods in expected.items():
         assert report["segments"][bucket]["periods"] == [p.line() for p in periods], bucket
+    # The second dimension, the plan of the earliest signup, by the same rules.
+    plans = want(path, config, "plan")
+    assert oracle_segments.compare(plans, [part], "plans") == []
+    assert set(report["plans"]) == set(plans) and len(plans) >= 2
+    for bucket, periods in plans.items():
+        assert report["plans"][bucket]["periods"] == [p.line() for p in periods], bucket
     # At the watermark: active customers per segment, as the oracle counts them.
     loaded = oracle.load(oracle.read_lines(path), to_micros(END))
     grouped = oracle.by_customer(loaded.events)
