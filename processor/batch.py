@@ -42,6 +42,7 @@ from processor.routing import Router
 from retention.alerts import Alert
 from retention.calendar import Calendar
 from retention.periods import PeriodEngine
+from retention.segments import DIMENSIONS, Segments
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,11 @@ class CustomerBatch:
         self.router = router
         self.routing = False
         periods = PeriodEngine(Calendar(settings.period), settings.window, settings.lateness)
-        self.rules = Rules(settings.policy, parts.lifecycle, periods, settings.lateness)
-        self.intake = Intake(parts.decoder, parts.deadletters, periods)
+        dimensions = tuple(
+            Segments(periods, settings.segment_cap, dimension) for dimension in DIMENSIONS
+        )
+        self.rules = Rules(settings.policy, parts.lifecycle, periods, settings.lateness, dimensions)
+        self.intake = Intake(parts.decoder, parts.deadletters, periods, dimensions)
         self.partitions = Partitions(parts.table)
         self.positions = Positions(parts.offsets, settings.batch_max)
         self.outbox = outbox.Outbox(parts.alerts, router, parts.deadletters)
@@ -276,6 +280,10 @@ class CustomerBatch:
         assessed = fold(rules, pstate, ready, counts, touched)
         settled = pstate.settled
         rules.periods.close(pstate.periods, settled)
+        for engine in rules.dimensions:
+            kept = engine.book_of(pstate)
+            if kept is not None:
+                engine.close(kept, settled)
         due = DueBuckets(self.table, partition, pstate.due_days)
         for key, state in touched.states.items():
             due.schedule(rules.lifecycle, key, state)
@@ -283,7 +291,7 @@ class CustomerBatch:
             limit = settled - rules.lateness
             reassessed = self.metrics.risk_assessments["due"]
             due.reassess(rules.lifecycle, limit, touched, last, reassessed)
-        touched.move_risk(pstate)
+        touched.move_risk(pstate, rules.dimensions)
         forwards = read.forwards
         first = pstate.forwarded - len(forwards)  # forwards are counted as read
         batch = outbox.records(partition, touched.alerts, first, forwards, read.deadletters)

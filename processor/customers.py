@@ -12,9 +12,11 @@ from processor.arrival import Arrival
 from processor.intake import Counts
 from processor.partition import PartitionState
 from retention.alerts import Alert, Lifecycle
-from retention.apply import Applied, Policy, apply
+from retention.apply import Applied, Policy, apply, money
 from retention.partition import RiskSummary
-from retention.periods import PeriodEngine
+from retention.periods import PeriodEngine, Snapshot
+from retention.segment_book import SegmentBook
+from retention.segments import Segments, last_open
 from retention.state import CustomerState, decode_state
 from retention.timeutil import Micros
 from schemas.events import Feedback, Purchase, Signup
@@ -29,6 +31,8 @@ class Rules:
     lifecycle: Lifecycle
     periods: PeriodEngine
     lateness: Micros
+    #: One engine per dimension (retention.segments.DIMENSIONS): segments, plans.
+    dimensions: tuple[Segments, ...]
 
 
 def summary(state: CustomerState | None) -> RiskSummary | None:
@@ -48,6 +52,8 @@ class Touched:
         self.table = table
         self.states: dict[bytes, CustomerState] = {}
         self.before: dict[bytes, RiskSummary | None] = {}
+        #: (segment, plan) before the batch, for the risk sums by segment and plan.
+        self.home_before: dict[bytes, tuple[str | None, str | None]] = {}
         self.alerts: list[tuple[Alert, Any]] = []
 
     def stored(self, key: bytes) -> CustomerState | None:
@@ -61,11 +67,26 @@ class Touched:
     def note_before(self, key: bytes, state: CustomerState | None) -> None:
         if key not in self.before:
             self.before[key] = summary(state)
+            self.home_before[key] = (None, None) if state is None else state.home_signup()
 
-    def move_risk(self, pstate: PartitionState) -> None:
-        """Keep the partition's sums by tier exact."""
+    def move_risk(self, pstate: PartitionState, dimensions: tuple[Segments, ...]) -> None:
+        """Keep the partition's sums by tier exact, and its segments' and plans' (a
+        customer due for re-assessment only is not in ``before``: it did not move)."""
+        main = pstate.periods
         for key, state in self.states.items():
-            pstate.move_risk(self.before.get(key), summary(state))
+            old = self.before.get(key)
+            new = summary(state)
+            pstate.move_risk(old, new)
+            names = self.home_before.get(key, state.home_signup())
+            for index, engine in enumerate(dimensions):
+                book = engine.book_of(pstate)
+                if book is None:
+                    continue
+                engine.move_risk(
+                    book,
+                    None if old is None else (engine.bucket(book, main, names[index]), old),
+                    None if new is None else (engine.of(book, main, state), new),
+                )
 
 
 def fold(
@@ -74,6 +95,9 @@ def fold(
     """Apply ``ready`` (in order) to the customers; returns how many assessments."""
     periods = rules.periods
     book = pstate.periods
+    # The dimensions this partition keeps (a record of an older release: none).
+    kept = [(e, b) for e in rules.dimensions if (b := e.book_of(pstate)) is not None]
+    buckets: list[str] = []
     lifecycle = rules.lifecycle
     assessed = 0
     for arrival in ready:
@@ -98,8 +122,14 @@ def fold(
             for alert in lifecycle.catch_up(state, at):
                 touched.alerts.append((alert, message))
         if not redelivered:
+            last = last_open(book)
             periods.extend(book, at)
             before = periods.snapshot(book, state, isinstance(decoded, Purchase | Signup))
+            opened = last_open(book) != last  # segment books open periods with ``book``
+            for engine, kept_book in kept:
+                if opened:
+                    engine.extend(kept_book, at)
+            buckets = [engine.of(kept_book, book, state) for engine, kept_book in kept]
         watermark = arrival.watermark or at
         applied = apply(state, decoded, watermark, rules.policy, at=at, tie=arrival.order[1])
         touched.states[key] = applied.state
@@ -115,11 +145,41 @@ def fold(
         # Period figures, like counters, take each message once: a redelivered one
         # was counted in the partition record that is stored before its customers.
         if not applied.duplicate:
-            periods.update(book, before, applied.state, at)
-            if isinstance(decoded, Feedback):
-                periods.feedback(book, at, decoded.kind, decoded.score, watermark)
+            _periods(rules, pstate, kept, buckets, before, applied, arrival)
         _count(pstate, counts, topics.INPUT_TOPICS[message.topic], applied)
     return assessed
+
+
+def _periods(
+    rules: Rules,
+    pstate: PartitionState,
+    kept: list[tuple[Segments, SegmentBook]],
+    buckets: list[str],
+    before: Snapshot,
+    applied: Applied,
+    arrival: Arrival,
+) -> None:
+    """The period figures of one applied (not duplicate, not redelivered) event: the
+    partition's, and its customer's segment's and plan's (``buckets``: theirs before
+    it, one per book ``kept``)."""
+    periods = rules.periods
+    book = pstate.periods
+    at = arrival.order[0]
+    decoded = arrival.event
+    watermark = arrival.watermark or at
+    after = periods.update(book, before, applied.state, at)
+    cost = None
+    if isinstance(decoded, Feedback):
+        periods.feedback(book, at, decoded.kind, decoded.score, watermark)
+    elif isinstance(decoded, Purchase) and decoded.cost_to_serve is not None:
+        cost = money(decoded.cost_to_serve)
+        periods.cost(book, at, cost)
+    for (engine, seg), old in zip(kept, buckets, strict=True):
+        bucket = engine.update(seg, book, old, before, after, applied.state, at)
+        if isinstance(decoded, Feedback):
+            engine.feedback(seg, bucket, at, decoded.kind, decoded.score, watermark)
+        elif cost is not None:
+            engine.cost(seg, bucket, at, cost)
 
 
 def _count(pstate: PartitionState, counts: Counts, kind: str, applied: Applied) -> None:

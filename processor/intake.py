@@ -32,6 +32,7 @@ from processor.routing import Router
 from retention.apply import id_hash, money
 from retention.partition import MONEY_BUDGET
 from retention.periods import PeriodEngine
+from retention.segments import Segments, last_open
 from retention.timeutil import DAY, SECOND, Micros, to_micros
 from schemas.deadletter import DEADLETTER_MAX_BYTES, DeadLetter
 from schemas.decode import EventDecoder, Rejected
@@ -70,10 +71,17 @@ class Read:
 class Intake:
     """Decodes, validates and dead-letters the input of a worker's partitions."""
 
-    def __init__(self, decoder: EventDecoder, deadletters: Sender, periods: PeriodEngine) -> None:
+    def __init__(
+        self,
+        decoder: EventDecoder,
+        deadletters: Sender,
+        periods: PeriodEngine,
+        dimensions: tuple[Segments, ...] = (),
+    ) -> None:
         self.decoder = decoder
         self.deadletters = deadletters
         self.periods = periods
+        self.dimensions = dimensions
         #: The dead letters of the batch being read (``read``'s ``Read.deadletters``).
         self.letters: list[Letter] = []
 
@@ -140,7 +148,13 @@ class Intake:
             return
         moment = to_micros(tick.time)
         pstate.tick(moment)
+        last = last_open(pstate.periods)
         self.periods.extend(pstate.periods, moment)
+        opened = last_open(pstate.periods) != last  # segment books open periods with it
+        for engine in self.dimensions if opened else ():
+            kept = engine.book_of(pstate)
+            if kept is not None:
+                engine.extend(kept, moment)
         if not redelivered:
             pstate.ticks += 1
             counts["consumed", "tick"] += 1

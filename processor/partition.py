@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from retention.partition import PartitionFigures
+from retention.segment_book import SegmentBook
 from streams.partitions import partition_state_key
 
 
@@ -60,7 +61,7 @@ _WIRE_ORDER = (
     "deadletter", "duplicates", "late", "ticks", "offsets", "previous", "periods",
     "due_days", "tiers", "value_at_risk", "clv", "aligned", "pending_days", "pending",
     "released", "outbox", "money", "forwarded", "received", "routed",
-    "routed_frontier", "peers",
+    "routed_frontier", "peers", "segments", "plans",
 )  # fmt: skip
 if sorted(_WIRE_ORDER) != sorted(PartitionState.__struct_fields__):
     raise RuntimeError("_WIRE_ORDER must name every field of PartitionState once")
@@ -72,7 +73,13 @@ _DECODER = msgspec.msgpack.Decoder(PartitionState)
 def encode_partition(state: PartitionState) -> bytes:
     # A dict keeps insertion order and encodes as the struct's own map would (every
     # field, defaults included): byte for byte the record of a single struct.
-    return _ENCODER.encode({name: getattr(state, name) for name in _WIRE_ORDER})
+    # ``segments`` and ``plans`` None (a record of a release before them) are left
+    # out, which decodes as None again.
+    fields = {name: getattr(state, name) for name in _WIRE_ORDER}
+    for name in ("segments", "plans"):
+        if fields[name] is None:
+            del fields[name]
+    return _ENCODER.encode(fields)
 
 
 def decode_partition(data: bytes) -> PartitionState:
@@ -111,7 +118,9 @@ class Partitions:
 
     def load(self, partition: int) -> PartitionState:
         raw = self.table.get(partition_state_key(partition))
-        return PartitionState(partition=partition) if raw is None else decode_partition(raw)
+        if raw is None:  # a new partition: it keeps figures per segment from its start
+            return PartitionState(partition=partition, segments=SegmentBook(), plans=SegmentBook())
+        return decode_partition(raw)
 
     def store(self, pstate: PartitionState) -> None:
         """Write the record (the commit plan says when)."""

@@ -17,6 +17,7 @@ from typing import Final
 from retention.state import (
     MONEY_UNIT,
     CustomerState,
+    Home,
     Latest,
     Mark,
     Negative,
@@ -170,11 +171,26 @@ def _signup(state: CustomerState, event: Signup, at: Micros, tie: int, policy: P
     state.last_signup_at = latest(state.last_signup_at, at)
     fee = None if event.monthly_fee is None else money(event.monthly_fee)
     _mark(state.signups, Mark(at, tie, fee), policy.marks)
+    _home(state, event, at, tie)
     if _newer(state.profile, at, tie):
         state.profile = Latest(at, tie, None)
         state.segment, state.plan, state.channel = event.segment, event.plan, event.channel
     if event.monthly_fee is not None and _newer(state.fee, at, tie):
         state.fee = Latest(at, tie, money(event.monthly_fee))
+
+
+def _home(state: CustomerState, event: Signup, at: Micros, tie: int) -> None:
+    """Keep the earliest signup by (time, id hash). Called before ``profile`` moves:
+    while ``home`` is None the customer's only signup so far is ``profile``."""
+    current = state.home
+    if current is None:
+        profile = state.profile
+        if profile is None:
+            return  # the first signup: the earliest is ``profile`` itself
+        current = Home(profile.at, profile.tie, state.segment, state.plan)
+    if (at, tie) < (current.at, current.tie):
+        current = Home(at, tie, event.segment, event.plan)
+    state.home = current
 
 
 def _cancellation(

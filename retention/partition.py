@@ -17,6 +17,7 @@ from collections.abc import Container, Iterable
 import msgspec
 
 from retention.periods import PeriodBook
+from retention.segment_book import SegmentBook
 from retention.timeutil import Micros
 
 #: Exact money sums are stored as 64-bit integers of micro-units; a partition applies
@@ -98,6 +99,12 @@ class PartitionFigures(msgspec.Struct, kw_only=True):
     routed_frontier: Micros | None = None
     #: The latest read progress each other partition announced (``align``).
     peers: dict[int, PeerProgress] = msgspec.field(default_factory=dict)
+    #: Figures per customer segment (retention/segments.py). None in a record written
+    #: before them: its customers' past is not in any segment's book, so that
+    #: partition keeps none (replay the history to have them); a new record has one.
+    segments: SegmentBook | None = None
+    #: The same by the plan of the customer's earliest signup (the second dimension).
+    plans: SegmentBook | None = None
 
     def align(
         self,
@@ -171,21 +178,8 @@ class PartitionFigures(msgspec.Struct, kw_only=True):
         if old == new:
             return
         for summary, sign in ((old, -1), (new, 1)):
-            if summary is None:
-                continue
-            bucket, value_at_risk, clv = summary
-            count = self.tiers.get(bucket, 0) + sign
-            if count:
-                self.tiers[bucket] = count
-            else:
-                self.tiers.pop(bucket, None)
-            if bucket != "churned":
-                total = self.value_at_risk.get(bucket, 0) + sign * value_at_risk
-                if total or bucket in self.tiers:
-                    self.value_at_risk[bucket] = total
-                else:
-                    self.value_at_risk.pop(bucket, None)
-                self.clv += sign * clv
+            if summary is not None:
+                self.clv += move_summary(self.tiers, self.value_at_risk, summary, sign)
 
     def observe(self, topic: str, moment: Micros, inputs: int) -> None:
         """An event of ``topic`` (one of ``inputs`` input topics) at ``moment`` was applied."""
@@ -207,6 +201,27 @@ class PartitionFigures(msgspec.Struct, kw_only=True):
     def _advance(self, moment: Micros) -> None:
         if self.watermark is None or moment > self.watermark:
             self.watermark = moment
+
+
+def move_summary(
+    tiers: dict[str, int], value_at_risk: dict[str, int], summary: RiskSummary, sign: int
+) -> int:
+    """Add (``sign`` 1) or take away (-1) one customer's summary from the counts by
+    tier and value at risk by tier; returns the change to the predicted CLV sum."""
+    bucket, risk, clv = summary
+    count = tiers.get(bucket, 0) + sign
+    if count:
+        tiers[bucket] = count
+    else:
+        tiers.pop(bucket, None)
+    if bucket == "churned":
+        return 0
+    total = value_at_risk.get(bucket, 0) + sign * risk
+    if total or bucket in tiers:
+        value_at_risk[bucket] = total
+    else:
+        value_at_risk.pop(bucket, None)
+    return sign * clv
 
 
 #: Unknown fields are skipped (msgspec's default for a map): a stored partition

@@ -35,6 +35,9 @@ class Figures(msgspec.Struct, kw_only=True):
     nps_detractors: int = 0
     csat_satisfied: int = 0
     csat_responses: int = 0
+    #: Sum of ``cost_to_serve`` of the period's purchases (counted per event, as
+    #: feedback is: the customer state keeps only a lifetime total).
+    cost_to_serve: int = 0
 
 
 class Period(msgspec.Struct, kw_only=True):

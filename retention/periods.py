@@ -246,13 +246,22 @@ class PeriodEngine:
             day_count=0 if state is None else len(state.days),
         )
 
-    def update(self, book: PeriodBook, before: Snapshot, state: CustomerState, at: Micros) -> None:
-        """Add the difference an event at ``at`` made to ``state`` (``before`` taken just prior)."""
-        window = self.window
-        spans = [(p.start, p.end) for p in book.open]
-        for period, old, new in zip(
-            book.open, before.shares, contributions(state, spans, window), strict=True
-        ):
+    def update(
+        self, book: PeriodBook, before: Snapshot, state: CustomerState, at: Micros
+    ) -> Snapshot:
+        """Add the difference an event at ``at`` made to ``state`` (``before`` taken just
+        prior). Returns the customer's contributions after it, which a book over the
+        same open periods (a segment's, retention/segments.py) can take as they are."""
+        after = self.snapshot(book, state, False)
+        self.move(book, before, after, at)
+        if before.cells:
+            self._move_cells(book, before, state, at)
+        return after
+
+    def move(self, book: PeriodBook, before: Snapshot, after: Snapshot, at: Micros) -> None:
+        """Replace a customer's contributions ``before`` by ``after`` (both taken over
+        ``book``'s open periods; cohort cells apart)."""
+        for period, old, new in zip(book.open, before.shares, after.shares, strict=True):
             if new != old:
                 figures = period.figures
                 for name, a, b in zip(HISTORY_FIELDS, old, new, strict=True):
@@ -260,15 +269,19 @@ class PeriodEngine:
                         setattr(figures, name, getattr(figures, name) + b - a)
         # A histogram key may have been pruned: lapses before every open period are
         # no longer asked about (_move skips a missing key).
-        lapse, day = lapse_keys(state, window, self.calendar)
-        _move(book.lapses, before.lapse, lapse)
-        _move(book.lapse_days, before.lapse_day, day)
-        _move(book.statuses, before.status, subscription_status(state))
-        book.mrr += (state.monthly_fee if state.subscribed else 0) - before.fee
-        if before.cells:
-            self._move_cells(book, before, state, at)
+        _move(book.lapses, before.lapse, after.lapse)
+        _move(book.lapse_days, before.lapse_day, after.lapse_day)
+        _move(book.statuses, before.status, after.status)
+        book.mrr += after.fee - before.fee
         if book.first_event_at is None or at < book.first_event_at:
             book.first_event_at = at
+
+    def cost(self, book: PeriodBook, at: Micros, amount: int) -> None:
+        """Count one (non-duplicate) purchase's cost to serve in its open period, if any."""
+        for period in book.open:
+            if period.start <= at < period.end:
+                period.figures.cost_to_serve += amount
+                return
 
     def _move_cells(
         self, book: PeriodBook, before: Snapshot, state: CustomerState, at: Micros
@@ -308,14 +321,20 @@ class PeriodEngine:
             row[offset] = row.get(offset, 0) + 1
 
     def feedback(
-        self, book: PeriodBook, at: Micros, kind: str, score: int | None, watermark: Micros
+        self,
+        book: PeriodBook,
+        at: Micros,
+        kind: str,
+        score: int | None,
+        watermark: Micros,
+        rolling: bool = True,
     ) -> None:
         """Count one (non-duplicate) NPS or CSAT response in its open period, if any,
-        and in the rolling window."""
+        and (``rolling``) in the rolling window."""
         if score is None or kind not in ("nps", "csat"):
             return
         day = at // DAY
-        if day > watermark // DAY - ROLLING_DAYS:
+        if rolling and day > watermark // DAY - ROLLING_DAYS:
             counts = book.feedback_days.setdefault(day, [0] * 5)
             if kind == "nps":
                 counts[0 if score >= 9 else 1 if score >= 7 else 2] += 1

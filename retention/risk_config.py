@@ -95,10 +95,20 @@ class RiskConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     cooldown_days: float = 30.0
     clv_months: int = 12
     discount_rate: float = 0.01  # monthly
+    #: Acceptable churn (DESIGN section 10): per segment, the monthly churn rate the
+    #: business accepts, e.g. {"enterprise": 0.02, "self-serve": 0.08}; a segment's
+    #: churn rate over it is for operators to look at (the /segments view, the
+    #: churnwatch_segment_churn_target gauge).
+    segment_churn_targets: dict[str, float] = msgspec.field(default_factory=dict)
     #: How the weights were obtained (command, data, split, fit quality).
     provenance: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for segment, target in self.segment_churn_targets.items():
+            if not (math.isfinite(target) and 0.0 <= target <= 1.0) or not segment:
+                raise RiskConfigError(
+                    f"segment_churn_targets: {segment!r} must be a churn rate in [0, 1]"
+                )
         cuts = self.tiers.cuts()
         if not all(0.0 < c < 1.0 for c in cuts) or list(cuts) != sorted(set(cuts)):
             raise RiskConfigError(f"tier cuts must be increasing within (0, 1), got {cuts}")

@@ -84,6 +84,16 @@ class RiskMark(msgspec.Struct, array_like=True, kw_only=True):
     clv: int = 0
 
 
+class Home(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """The earliest signup by (time, id hash): the customer's segment and plan for
+    life (DESIGN section 10)."""
+
+    at: Micros
+    tie: int
+    segment: str | None
+    plan: str | None
+
+
 class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
     customer_id: str
     # Activity: signups and purchases.
@@ -124,6 +134,18 @@ class CustomerState(msgspec.Struct, array_like=True, kw_only=True):
     #: Distinct events applied. With ``risk.at`` it orders any two versions of a
     #: customer (both only grow), which is what guards the serving view's writes.
     events: int = 0
+    #: The earliest signup, once the customer has two (``home_signup``): with one,
+    #: the earliest is the latest (``profile``), so it is not stored twice. New
+    #: fields go after this one, with defaults.
+    home: Home | None = None
+
+    def home_signup(self) -> tuple[str | None, str | None]:
+        """(segment, plan) of the earliest signup; (None, None) without a signup."""
+        if self.home is not None:
+            return self.home.segment, self.home.plan
+        if self.profile is None:
+            return None, None
+        return self.segment, self.plan
 
     @property
     def version(self) -> tuple[int, Micros]:
@@ -202,8 +224,24 @@ _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(CustomerState)
 
 
+#: msgpack array headers (array 16) of a record with and without its last field.
+_FIELDS: Final = len(CustomerState.__struct_fields__)
+_WITH_HOME: Final = b"\xdc" + _FIELDS.to_bytes(2, "big")
+_WITHOUT_HOME: Final = b"\xdc" + (_FIELDS - 1).to_bytes(2, "big")
+if CustomerState.__struct_fields__[-1] != "home":
+    raise RuntimeError("encode_state leaves out the last field, home: keep it last")
+
+
 def encode_state(state: CustomerState) -> bytes:
-    return _ENCODER.encode(state)
+    """A record whose ``home`` is None (a customer with at most one signup) leaves
+    the field out, which msgspec reads back as its default: such a record is byte
+    for byte what releases before ``home`` wrote (their customer records and hashes
+    stay the same). msgspec cannot omit an array_like struct's trailing defaults
+    itself, so the header is rewritten and the final nil (one byte) dropped."""
+    data = _ENCODER.encode(state)
+    if state.home is None and data.startswith(_WITH_HOME):
+        return _WITHOUT_HOME + data[3:-1]
+    return data
 
 
 def decode_state(data: bytes) -> CustomerState:

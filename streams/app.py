@@ -166,7 +166,9 @@ def create_app(settings: Settings) -> ChurnwatchApp:
     # uses them to read the changelog back on recovery; the state is already bytes.
     app.customers.key_serializer = app.customers.value_serializer = "raw"
     app.metrics = PipelineMetrics(
-        lambda: partition_states(app, app.customers), lambda: consumer_lag(app)
+        lambda: partition_states(app, app.customers),
+        lambda: consumer_lag(app),
+        lambda: app.risk.segment_churn_targets,
     )
     app.metrics.flush_interval.set(settings.batch_within)
     app.redis_view = app.redis_sink = None

@@ -40,6 +40,12 @@ class GeneratorProfile:
     max_disorder_s: float = 6 * 3600.0
     malformed_share: float = 0.005
     oversized_share: float = 0.02  # of malformed records
+    #: Sub-segments per segment ("smb-3"): 0 (the default) keeps the three segments,
+    #: and draws nothing more, so the output for a seed stays what it was.
+    sub_segments: int = 0
+    #: Share of customers who sign up a second time, 30-200 days later, in another
+    #: segment and plan (their first signup still decides their segment); 0 by default.
+    resignup_share: float = 0.0
 
 
 SEGMENTS: dict[str, tuple[float, float, float]] = {
@@ -117,6 +123,8 @@ class _Customer:
         names = list(SEGMENTS)
         segment = rng.choices(names, weights=[SEGMENTS[s][0] for s in names])[0]
         _, log_mean, log_sd = SEGMENTS[segment]
+        if p.sub_segments:
+            segment = f"{segment}-{rng.randrange(p.sub_segments)}"
         born = self.start + rng.random() * (self.end - self.start) * 0.9
         subscriber = rng.random() < p.subscriber_share
         plan = rng.choice(("basic", "pro", "business")) if subscriber else "free"
@@ -131,6 +139,16 @@ class _Customer:
                 monthly_fee=PLANS[plan],
                 channel=rng.choice(CHANNELS),
             )
+            if p.resignup_share and rng.random() < p.resignup_share:
+                again = rng.choice(("basic", "pro", "business"))
+                self.emit(
+                    born + rng.uniform(30, 200) * DAY_S,
+                    "signup",
+                    segment=rng.choice(names),
+                    plan=again,
+                    monthly_fee=PLANS[again],
+                    channel=rng.choice(CHANNELS),
+                )
         interval = min(60.0, max(2.0, rng.gammavariate(2.0, 9.0))) * DAY_S
         leave = born + rng.uniform(0.2, 0.9) * (self.end - born) if churner else math.inf
         slow_from = leave - 75 * DAY_S
@@ -256,12 +274,14 @@ def write_history(
     *,
     defects: bool = True,
     progress: Callable[[int], None] | None = None,
+    profile: GeneratorProfile | None = None,
 ) -> GeneratorStats:
     stats = GeneratorStats()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
         for count, line in enumerate(
-            generate(customers, days, seed, end, defects=defects, stats=stats), start=1
+            generate(customers, days, seed, end, defects=defects, profile=profile, stats=stats),
+            start=1,
         ):
             handle.write(line + b"\n")
             if progress is not None and count % 10_000 == 0:

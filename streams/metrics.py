@@ -10,7 +10,7 @@ output instead of lingering as a stale series.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,6 +29,7 @@ from retention.state import MONEY_UNIT
 from retention.timeutil import DAY, SECOND
 from schemas.deadletter import REJECT_REASONS
 from schemas.events import EVENT_TYPES
+from streams.segment_metrics import SegmentCollector
 from streams.topics import INPUT_TOPICS
 
 KINDS = (*EVENT_TYPES, "tick")
@@ -57,6 +58,7 @@ PERIOD_GAUGES: dict[str, tuple[str, str, float]] = {
     "nps_detractors": ("nps_detractors", "NPS responses 0-6", 1),
     "csat_satisfied": ("csat_satisfied", "CSAT responses 4-5", 1),
     "csat_responses": ("csat_responses", "CSAT responses", 1),
+    "cost_to_serve": ("cost_to_serve", "Cost to serve of the period's purchases", MONEY_UNIT),
 }
 #: Cohorts exported (the newest) and month offsets per cohort: a bounded label set.
 COHORT_MONTHS = 12
@@ -215,6 +217,7 @@ class PipelineMetrics:
         self,
         partitions: Callable[[], Iterable[PartitionFigures]],
         lag: LagReader | None = None,
+        targets: Callable[[], Mapping[str, float]] = dict,
     ) -> None:
         # ``*_created`` series double the output and no dashboard uses them.
         disable_created_metrics()
@@ -368,6 +371,7 @@ class PipelineMetrics:
         )  # fmt: skip
         self._redis_exported = False
         self.registry.register(PartitionCollector(partitions))
+        self.registry.register(SegmentCollector(partitions, targets))
         if lag is not None:
             self.registry.register(LagCollector(lag))
         ProcessCollector(registry=self.registry)

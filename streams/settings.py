@@ -53,6 +53,9 @@ class Settings:
     activity_window: str = "90d"
     allowed_lateness: str = "6h"
     period: Period = "month"
+    #: Segment names each partition keeps figures for (retention/segments.py): the
+    #: first it meets; later names count under "other", customers without one "none".
+    segment_cap: int = 50
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     #: The serving view's Redis ("" = none: no at-risk queue, /customers from tables).
@@ -111,6 +114,8 @@ class Settings:
         _duration("allowed_lateness", self.allowed_lateness, allow_none=False)
         if self.partitions < 1:
             raise SettingsError(f"{PREFIX}PARTITIONS: must be at least 1")
+        if self.segment_cap < 0:
+            raise SettingsError(f"{PREFIX}SEGMENT_CAP: must be 0 or more")
         if self.batch_max < 1:
             raise SettingsError(f"{PREFIX}BATCH_MAX: must be at least 1")
         if self.redis_buffer < 1:

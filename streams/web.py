@@ -1,5 +1,6 @@
 """HTTP views on the worker's web port.
 
+``/segments`` lists per-segment figures against acceptable churn (streams/segment_view.py).
 ``/customers/{id}`` answers from the table of the worker that owns the customer's
 partition (a request to another worker is forwarded there by Faust's router), and
 from the Redis view when the owner cannot be reached. ``/at-risk`` reads the Redis
@@ -35,6 +36,7 @@ from retention.state import decode_state
 from streams import topics
 from streams.partitions import assigned_partitions, partition_states
 from streams.redis_view import MAX_LIMIT, view_json
+from streams.segment_view import segments_view
 
 if TYPE_CHECKING:
     from streams.app import ChurnwatchApp
@@ -165,6 +167,18 @@ def install_views(app: ChurnwatchApp) -> None:
             view = view_json(customer_view(decode_state(raw), app.lifecycle))
             headers = {WORKER_HEADER: str(app.conf.canonical_url)}
             return self.json({**view, "source": "table"}, headers=headers)
+
+    @app.page("/segments")
+    class Segments(View):
+        """Per-segment figures of this worker's partitions against acceptable churn
+        (streams/segment_view.py)."""
+
+        async def get(self, request: Request) -> Response:
+            if request.query:
+                return error(self, 400, "/segments takes no parameters")
+            states = partition_states(app, app.customers)
+            targets = app.risk.segment_churn_targets
+            return self.json(segments_view(states, targets, app.settings.period))
 
     @app.page("/at-risk")
     class AtRisk(View):

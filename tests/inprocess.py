@@ -45,9 +45,11 @@ class Run:
     that reads only part of it (``read``) has the rest still to come, as a worker
     stopped part way through."""
 
-    def __init__(self, records: list[Record], as_of: Micros) -> None:
+    def __init__(
+        self, records: list[Record], as_of: Micros, config: Settings | None = None
+    ) -> None:
         self.as_of = as_of
-        config = Settings()
+        config = Settings() if config is None else config
         self.table: dict[bytes, bytes] = {}
         ends: dict[str, int] = defaultdict(int)
         for record in records:

@@ -850,6 +850,7 @@ class Figures:
     nps_detractors: int = 0
     csat_satisfied: int = 0
     csat_responses: int = 0
+    cost_to_serve: int = 0  # sum of the period's purchases' cost_to_serve
 
 
 FIGURES: Final = tuple(f.name for f in fields(Figures))
@@ -899,6 +900,8 @@ class Period:
             "csat": _ratio(f.csat_satisfied, f.csat_responses),
             "nps_responses": responses,
             "csat_responses": f.csat_responses,
+            "cost_to_serve": round(f.cost_to_serve / MONEY_UNIT, 6),
+            "margin": round((f.revenue - f.cost_to_serve) / MONEY_UNIT, 6),
         }
 
 
@@ -957,44 +960,64 @@ def batch(events: list[Event], period: str, window: int | None, until: int) -> l
     last one ending by ``until``."""
     if not events:
         return []
+    periods = empty_periods(period, min(e.at for e in events), until)
+    for items in by_customer(events).values():
+        add_customer(periods, _History(items), window)
+    starts = [p.start for p in periods]
+    for e in events:
+        add_event(periods, starts, e)
+    return periods
+
+
+def empty_periods(period: str, first: int, until: int) -> list[Period]:
+    """The periods from the one holding ``first`` to the last ending by ``until``."""
     periods: list[Period] = []
-    start = period_start(period, min(e.at for e in events))
+    start = period_start(period, first)
     while (end := next_start(period, start)) <= until:
         periods.append(Period(period_label(period, start), start, end, Figures()))
         start = end
-    for items in by_customer(events).values():
-        history = _History(items)
-        acquired = history.acts[0] if history.acts else None
-        for p in periods:
-            f = p.figures
-            at_start, at_end = history.active(p.start, window), history.active(p.end, window)
-            f.active_start += at_start
-            f.active_end += at_end
-            f.retained += at_start and at_end
-            f.new += acquired is not None and p.start <= acquired < p.end
-            count, spent = history.bought(p.start, p.end)
-            f.buyers += count >= 1
-            f.repeat_buyers += count >= 2
-            f.revenue += spent
-            fee = history.fee_at(p.start)
-            f.mrr_start += fee
-            f.mrr_churned += fee if history.cancelled(p.start, p.end) else 0
-    starts = [p.start for p in periods]
-    for e in events:
-        if e.type != "feedback" or e.score is None or e.kind == "support":
-            continue
-        i = bisect.bisect_right(starts, e.at) - 1
-        if i < 0 or e.at >= periods[i].end:
-            continue
-        f = periods[i].figures
-        if e.kind == "nps":
-            f.nps_promoters += e.score >= 9
-            f.nps_passives += 7 <= e.score <= 8
-            f.nps_detractors += e.score <= 6
-        else:
-            f.csat_responses += 1
-            f.csat_satisfied += e.score >= 4
     return periods
+
+
+def add_customer(periods: list[Period], history: _History, window: int | None) -> None:
+    """One customer's share of the figures that come from their history."""
+    acquired = history.acts[0] if history.acts else None
+    for p in periods:
+        f = p.figures
+        at_start, at_end = history.active(p.start, window), history.active(p.end, window)
+        f.active_start += at_start
+        f.active_end += at_end
+        f.retained += at_start and at_end
+        f.new += acquired is not None and p.start <= acquired < p.end
+        count, spent = history.bought(p.start, p.end)
+        f.buyers += count >= 1
+        f.repeat_buyers += count >= 2
+        f.revenue += spent
+        fee = history.fee_at(p.start)
+        f.mrr_start += fee
+        f.mrr_churned += fee if history.cancelled(p.start, p.end) else 0
+
+
+def add_event(periods: list[Period], starts: list[int], e: Event) -> None:
+    """The figures counted per event: NPS and CSAT responses, cost to serve."""
+    if e.type == "purchase":
+        if e.cost is None:
+            return
+    elif e.type != "feedback" or e.score is None or e.kind == "support":
+        return
+    i = bisect.bisect_right(starts, e.at) - 1
+    if i < 0 or e.at >= periods[i].end:
+        return
+    f = periods[i].figures
+    if e.type == "purchase":
+        f.cost_to_serve += e.cost or 0
+    elif e.kind == "nps":
+        f.nps_promoters += e.score >= 9
+        f.nps_passives += 7 <= e.score <= 8
+        f.nps_detractors += e.score <= 6
+    else:
+        f.csat_responses += 1
+        f.csat_satisfied += e.score >= 4
 
 
 def cohorts(events: list[Event]) -> dict[str, list[int]]:

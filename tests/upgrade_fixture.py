@@ -129,11 +129,26 @@ def recovered(
     return run, resent
 
 
+#: Fields added since the fixture's release (21bf571), by struct: not among the
+#: results it recorded, so left out of ``fields``; tests/unit/test_upgrade_changelog.py
+#: checks what a recovered worker makes of them on their own.
+LATER_FIELDS: dict[str, frozenset[str]] = {
+    "CustomerState": frozenset({"home"}),  # retention/state.py: the earliest signup
+    "PartitionState": frozenset({"segments", "plans"}),  # retention/segments.py
+    "Figures": frozenset({"cost_to_serve"}),  # a period's cost to serve
+}
+
+
 def fields(value: Any) -> Any:
     """``value`` as builtins, every struct a map by field name (an array_like struct's
     ``msgspec.to_builtins`` is a list by position): the figures, not their encoding."""
     if isinstance(value, msgspec.Struct):
-        return {name: fields(getattr(value, name)) for name in value.__struct_fields__}
+        later = LATER_FIELDS.get(type(value).__name__, frozenset())
+        return {
+            name: fields(getattr(value, name))
+            for name in value.__struct_fields__
+            if name not in later
+        }
     if isinstance(value, dict):
         return {key: fields(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

@@ -30,7 +30,7 @@ from retention.periods import PeriodEngine
 from retention.state import CustomerState
 from retention.timeutil import DAY, SECOND, to_micros
 from schemas.decode import EventDecoder, Rejected
-from schemas.events import EVENT_TYPES, Event, EventType, Feedback
+from schemas.events import EVENT_TYPES, Event, EventType, Feedback, Purchase
 from streams import topics
 from streams.generator import write_history
 from streams.inputs import Format, read_events
@@ -113,6 +113,8 @@ def run_engine(
             engine.update(book, before, applied.state, at)
             if isinstance(decoded, Feedback):
                 engine.feedback(book, at, decoded.kind, decoded.score, part.watermark or at)
+            elif isinstance(decoded, Purchase) and decoded.cost_to_serve is not None:
+                engine.cost(book, at, money(decoded.cost_to_serve))
         part.observe(record.topic, at, INPUTS)
         engine.close(book, part.watermark)
     final = as_of + base.lateness
@@ -267,6 +269,11 @@ MUTATIONS: dict[str, tuple[Pick, Change, str]] = {
     ),
     "corrupted": (lambda b: b["type"] == "purchase", _set(amount=-1), "rejected by reason"),
     "duplicated": (lambda b: b["type"] == "feedback", lambda b: b, "count duplicates"),
+    "cost to serve": (
+        lambda b: b["type"] == "purchase" and b.get("cost_to_serve"),
+        lambda b: _set(cost_to_serve=b["cost_to_serve"] + 1)(b),
+        "'cost_to_serve'",
+    ),
 }
 
 
