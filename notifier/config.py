@@ -32,6 +32,13 @@ STATUSES: Final[tuple[Status, ...]] = ("firing", "escalated", "resolved", "churn
 TIERS: Final[tuple[Tier, ...]] = ("low", "medium", "high", "critical")
 #: Placeholders a link template may use; each is percent-escaped when filled in.
 LINK_FIELDS: Final = frozenset({"customer_id", "dedup_key", "segment", "tier"})
+#: The choices of each enumerated field, named in its error.
+_CHOICES: Final[dict[str, tuple[str, ...]]] = {
+    "format": ("slack", "json"),
+    "tiers": TIERS,
+    "statuses": STATUSES,
+    "start": ("earliest", "latest"),
+}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -184,6 +191,12 @@ def _explain(exc: msgspec.ValidationError) -> str:
     if missing:
         name = missing.group(1)
         return f"{where + '.' if where else ''}{name}: required"
+    enum = re.match(r"Invalid enum value (.+)", message)
+    if enum:
+        field_name = re.sub(r"\[\d+\]$", "", where).rsplit(".", 1)[-1]
+        choices = _CHOICES.get(field_name)
+        if choices:
+            return f"{where}: expected one of {', '.join(choices)}, got {enum.group(1)}"
     message = message.replace("`", "")
     return f"{where or 'config'}: {message[:1].lower()}{message[1:]}"
 
