@@ -54,7 +54,11 @@ def test_json_is_read_as_well(tmp_path: Path) -> None:
 
 
 def test_the_example_file_is_valid() -> None:
-    env = {"SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/x", "CRM_WEBHOOK_SECRET": "s"}
+    env = {
+        "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/x",
+        "CRM_WEBHOOK_URL": "http://crm:8080/hooks",
+        "CRM_WEBHOOK_SECRET": "s",
+    }
     config = load(ROOT / "deploy" / "notify.example.yaml", env)
     assert [d.name for d in config.destinations] == ["success-enterprise", "crm"]
 
