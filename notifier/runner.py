@@ -171,11 +171,12 @@ class Notifier:
         committer = asyncio.create_task(self._commit_every(COMMIT_INTERVAL))
         try:
             while not stop.is_set():
+                self._throttle(consumer)
                 batches = await consumer.getmany(timeout_ms=500, max_records=500)
                 for tp, records in batches.items():
                     for record in records:
-                        if not await self._room(stop):
-                            break
+                        if stop.is_set():
+                            break  # read again at the next start: nothing was decided
                         self._take(tp, record, ports)
             await self._drain()
         finally:
@@ -184,11 +185,16 @@ class Notifier:
             await self.commit()
             await consumer.stop()
 
-    async def _room(self, stop: asyncio.Event) -> bool:
-        """Wait while ``max_in_flight`` records are unfinished; False when stopping."""
-        while self.offsets.pending() >= self.config.max_in_flight and not stop.is_set():
-            await self._progress(0.5)
-        return not stop.is_set()
+    def _throttle(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause fetching while ``max_in_flight`` records are unfinished (a dead
+        endpoint retrying), resume below it. The loop keeps polling meanwhile, so the
+        consumer stays in its group (``max_poll_interval_ms``) however long it waits."""
+        full = self.offsets.pending() >= self.config.max_in_flight
+        owned = consumer.assignment()
+        if full:
+            consumer.pause(*owned)
+        else:
+            consumer.resume(*(consumer.paused() & owned))
 
     async def _progress(self, timeout: float) -> None:
         """Until a record finishes, or ``timeout`` seconds."""

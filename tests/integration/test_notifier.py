@@ -58,6 +58,8 @@ def _config(base: str, topic_name: Callable[[str], str]) -> dict[str, Any]:
             "state_topic": topic_name("state"),
         },
         "hold": "1s",
+        # Low, so fetching pauses and resumes while deliveries retry.
+        "max_in_flight": 20,
         "link_template": "https://churnwatch.example/ui/customers/{customer_id}",
         "delivery": {
             "timeout": "1s",
