@@ -223,7 +223,7 @@ class DestinationWorker:
                     ticket.release()
         if not records:
             return
-        durable = asyncio.ensure_future(self.ports.write_state(records))
+        durable = self._spawn(self.ports.write_state(records))
         for job in jobs:
             job.durable = durable
             self._enqueue(job, hold=False)
@@ -245,10 +245,24 @@ class DestinationWorker:
         if self.window is not None:
             self._tasks.append(asyncio.create_task(self._windows()))
 
-    async def stop(self) -> None:
+    def _spawn(self, write: Awaitable[None]) -> asyncio.Future[None]:
+        """A state write in the background, kept until it is done."""
+        task = asyncio.ensure_future(write)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Cancel the deliveries; state writes under way get ``grace`` seconds first (an
+        opening waits for its write, so one cut short sent nothing: its record is not
+        committed, and the next start ranks it again)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._background:
+            await asyncio.wait(self._background, timeout=grace)
+        for write in list(self._background):
+            write.cancel()
 
     def idle(self) -> bool:
         """Nothing queued, being delivered or held."""
@@ -310,9 +324,7 @@ class DestinationWorker:
             closed = self.ledger.close(destination.name, job.alert.dedup_key)
             if closed is not None:
                 # Not awaited: a lost close only keeps the entry longer (ledger.py).
-                task = asyncio.ensure_future(self.ports.write_state([closed]))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._spawn(self.ports.write_state([closed]))
         job.ticket.release()
 
     def _remember(self, key: str) -> None:

@@ -50,6 +50,8 @@ COMMIT_INTERVAL: Final = 1.0
 #: Seconds a stopping notifier waits for deliveries under way before it commits
 #: what is finished and exits (the rest is read again at the next start).
 SHUTDOWN_GRACE: Final = 10.0
+#: Seconds between deletions of expired ledger entries by a long-running notifier.
+EXPIRY_INTERVAL: Final = 3600.0
 _DECODER = msgspec.json.Decoder(AlertRecord)
 _ENCODER = msgspec.json.Encoder()
 
@@ -96,10 +98,15 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Notifier:
-    def __init__(self, config: Config, bootstrap: str, security: ClientSecurity) -> None:
+    def __init__(
+        self, config: Config, bootstrap: str, security: ClientSecurity, replication: int = 1
+    ) -> None:
         self.config = config
         self.bootstrap = bootstrap
         self.security = security
+        #: Replication factor of the state and dead-letter topics, if this creates them.
+        self.replication = replication
+        self._background: set[asyncio.Future[None]] = set()
         self.ledger = Ledger()
         self.offsets: Offsets[TopicPartition] = Offsets()
         #: Per partition, how many times it was assigned: a ticket of an earlier
@@ -127,9 +134,7 @@ class Notifier:
         session = aiohttp.ClientSession()
         try:
             ports = KafkaPorts(producer, config)
-            expired = self.ledger.expire(day_of(datetime.now(UTC), config.timezone))
-            if expired:
-                await ports.write_state(expired)
+            await self._expire(ports)
 
             async def post(url: str, request: Request, timeout: float) -> Attempt:
                 return await attempt(session, url, request, timeout)
@@ -154,7 +159,11 @@ class Notifier:
             # One made by an operator with another partition count serves as well.
             with contextlib.suppress(PartitionCountError):
                 await create_topics(
-                    self.bootstrap, {topic: count}, config=compact, security=self.security
+                    self.bootstrap,
+                    {topic: count},
+                    config=compact,
+                    replication=self.replication,
+                    security=self.security,
                 )
 
     async def _consume(self, ports: KafkaPorts, stop: asyncio.Event) -> None:
@@ -168,7 +177,7 @@ class Notifier:
         )
         consumer.subscribe([config.topic], listener=_Rebalance(self))
         await consumer.start()
-        committer = asyncio.create_task(self._commit_every(COMMIT_INTERVAL))
+        committer = asyncio.create_task(self._commit_every(COMMIT_INTERVAL, ports))
         try:
             while not stop.is_set():
                 self._throttle(consumer)
@@ -232,6 +241,8 @@ class Notifier:
             letter = from_source(source, None, "undecodable", str(exc)[:300], 0, None)
             ticket.hold()
             task = asyncio.ensure_future(ports.dead_letter(letter))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
             task.add_done_callback(lambda _: ticket.release())
         else:
             for worker in self.workers:
@@ -255,10 +266,20 @@ class Notifier:
                 self.config.group_id,
             )
 
-    async def _commit_every(self, interval: float) -> None:
+    async def _commit_every(self, interval: float, ports: KafkaPorts) -> None:
+        last_expiry = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             await self.commit()
+            if time.monotonic() - last_expiry > EXPIRY_INTERVAL:
+                last_expiry = time.monotonic()
+                await self._expire(ports)
+
+    async def _expire(self, ports: KafkaPorts) -> None:
+        """Delete ledger entries past their keeping time (notifier/ledger.py)."""
+        expired = self.ledger.expire(day_of(datetime.now(UTC), self.config.timezone))
+        if expired:
+            await ports.write_state(expired)
 
     async def commit(self) -> None:
         """Commit, for each partition assigned, the first record not finished."""

@@ -641,7 +641,7 @@ def notify(
 
     settings = _settings(broker=broker)
     security = _kafka_security(settings)
-    run_notifier(loaded, settings.bootstrap, security, settings.log_level)
+    run_notifier(loaded, settings.bootstrap, security, settings.log_level, settings.replication)
 
 
 @app.command()
