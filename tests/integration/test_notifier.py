@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,9 +31,11 @@ import msgspec
 import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from notifier.formats import SIGNATURE_HEADER, verify
 from schemas.notify import Notification, NotifyDeadLetter
+from streams.broker import free_port
 from streams.embedded import Broker
 from streams.kafka_admin import consumer_lag, create_topics, read_all
 from streams.processes import stop_process_group
@@ -58,6 +61,7 @@ def _config(base: str, topic_name: Callable[[str], str]) -> dict[str, Any]:
             "state_topic": topic_name("state"),
         },
         "hold": "1s",
+        "metrics_port": free_port("127.0.0.1"),
         # Low, so fetching pauses and resumes while deliveries retry.
         "max_in_flight": 20,
         "link_template": "https://churnwatch.example/ui/customers/{customer_id}",
@@ -111,6 +115,18 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
         await producer.flush()
     finally:
         await producer.stop()
+
+
+def _scrape(port: int) -> dict[tuple[str, str], float]:
+    """``churnwatch_notify_alerts_total`` by (destination, outcome) from /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found: dict[tuple[str, str], float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "churnwatch_notify_alerts_total":
+                found[(sample.labels["destination"], sample.labels["outcome"])] += sample.value
+    return found
 
 
 def _tail(log: Path) -> str:
@@ -180,6 +196,9 @@ async def test_every_transition_once_across_failures_and_a_sigkill(
             return sum(lag.values()) == 0
 
         await _until(caught_up, "caught up (zero lag)", process, log, 180)
+        # What was not sent is counted: the restarted notifier withheld openings.
+        metrics = await asyncio.to_thread(_scrape, config["metrics_port"])
+        assert metrics[("capped", "withheld")] >= 1 and metrics[("all", "delivered")] >= 1
         process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(process.wait, 30)
         assert code == 0, _tail(log)

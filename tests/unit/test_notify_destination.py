@@ -5,11 +5,15 @@ letters, and a restart that decides the same."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from notifier.config import Config, Delivery, Destination, Filters
 from notifier.delivery import Attempt
@@ -191,8 +195,62 @@ async def test_withheld_openings_are_released_not_sent(capacity: int) -> None:
     worker = _worker(capacity, ledger, ports, endpoint, Filters(statuses=frozenset({"firing"})))
     worker.start()
     firings = [h[0] for h in HISTORIES]
+    labels = {"destination": "team", "outcome": "withheld"}
+    before = REGISTRY.get_sample_value("churnwatch_notify_alerts_total", labels) or 0.0
     finished = _offer(worker, firings)
     worker.close_window()
     await _settle(worker)
     await worker.stop()
     assert len(finished) == len(firings) and len(endpoint.posted) == capacity
+    # The rest are counted, one per alert withheld.
+    after = REGISTRY.get_sample_value("churnwatch_notify_alerts_total", labels)
+    assert after == before + len(firings) - capacity
+
+
+def _deliver_all(capacity: int | None, alerts: list[AlertRecord]) -> tuple[list[str], int]:
+    """Posted keys (in order) and records finished, for alerts offered in this order."""
+
+    async def run() -> tuple[list[str], int]:
+        ports, ledger = Ports(), Ledger()
+        endpoint = Endpoint(ports)
+        worker = _worker(capacity, ledger, ports, endpoint)
+        worker.start()
+        finished = _offer(worker, alerts)
+        if worker.window is not None:
+            worker.close_window()
+        await _settle(worker)
+        await worker.stop()
+        return endpoint.posted, len(finished)
+
+    return asyncio.run(run())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(0, len(HISTORIES) - 1), min_size=1, max_size=12, unique=True),
+    st.lists(st.integers(0, 200), max_size=10),
+    st.sampled_from([None, 1, 3]),
+    st.randoms(use_true_random=False),
+)
+def test_repeats_and_the_interleaving_of_customers_change_nothing(
+    customers: list[int], repeats: list[int], capacity: int | None, rng: random.Random
+) -> None:
+    histories = [HISTORIES[i] for i in customers]
+    plain = [a for h in histories for a in h]
+    # Customers interleaved at random (each one's alerts keep their order, as on one
+    # partition), some records read twice right after themselves (a worker's re-send).
+    lanes = [list(h) for h in histories]
+    mixed: list[AlertRecord] = []
+    while any(lanes):
+        lane = rng.choice([x for x in lanes if x])
+        alert = lane.pop(0)
+        mixed.append(alert)
+        if repeats and len(mixed) % (repeats[0] % 5 + 1) == 0:
+            mixed.append(alert)
+    first, done_first = _deliver_all(capacity, plain)
+    second, done_second = _deliver_all(capacity, mixed)
+    assert done_first == len(plain) and done_second == len(mixed)  # every record finished
+    assert sorted(first) == sorted(second)  # the same transitions, each posted once
+    assert len(second) == len(set(second))
+    if capacity is None:
+        assert sorted(second) == sorted(f"{a.dedup_key}:{a.sequence}" for a in plain)
