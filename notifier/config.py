@@ -23,22 +23,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 import yaml
 
+from notifier.config_file import File, Format, RawDelivery, RawDestination, RawFilters, explain
 from retention.timeutil import SECOND, parse_duration
 
-Format = Literal["slack", "json"]
-Status = Literal["firing", "escalated", "resolved", "churned"]
-Tier = Literal["low", "medium", "high", "critical"]
-STATUSES: Final[tuple[Status, ...]] = ("firing", "escalated", "resolved", "churned")
-TIERS: Final[tuple[Tier, ...]] = ("low", "medium", "high", "critical")
 #: Placeholders a link template may use; each is percent-escaped when filled in.
 LINK_FIELDS: Final = frozenset({"customer_id", "dedup_key", "segment", "tier"})
-#: The choices of each enumerated field, named in its error.
-_CHOICES: Final[dict[str, tuple[str, ...]]] = {
-    "format": ("slack", "json"),
-    "tiers": TIERS,
-    "statuses": STATUSES,
-    "start": ("earliest", "latest"),
-}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -46,58 +35,7 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message starts with the field's path."""
 
 
-# -- the file's shape, as msgspec checks it (types, unknown fields) ---------------------
-
-
-class _Filters(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    tiers: list[Tier] | None = None
-    segments: list[str] | None = None
-    statuses: list[Status] | None = None
-    min_value_at_risk: float | None = None
-
-
-class _Destination(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    format: Format
-    url: str | None = None
-    url_env: str | None = None
-    secret: str | None = None
-    secret_env: str | None = None
-    secret_file: str | None = None
-    daily_capacity: int | None = None
-    link_template: str | None = None
-    filters: _Filters = _Filters()
-
-
-class _Source(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    topic: str = "churnwatch.alerts"
-    group_id: str = "churnwatch-notifier"
-    dead_letter_topic: str = "churnwatch.notify.dead"
-    state_topic: str = "churnwatch.notify.state"
-    start: Literal["earliest", "latest"] = "earliest"
-
-
-class _Delivery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    timeout: str | float = "10s"
-    max_attempts: int = 8
-    backoff_initial: str | float = "1s"
-    backoff_max: str | float = "5m"
-    lanes: int = 4
-
-
-class _File(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    destinations: list[_Destination]
-    source: _Source = _Source()
-    delivery: _Delivery = _Delivery()
-    timezone: str = "UTC"
-    hold: str | float = "30s"
-    link_template: str | None = None
-    currency: str = ""
-    metrics_port: int | None = None
-    max_in_flight: int = 10_000
-
-
-# -- what the notifier runs with ---------------------------------------------------------
+# -- what the notifier runs with (the file's shape: notifier/config_file.py) ------------
 
 
 @dataclass(frozen=True)
@@ -121,6 +59,9 @@ class Destination:
     daily_capacity: int | None = None
     link_template: str | None = None
     filters: Filters = Filters()
+    #: Concurrent deliveries to this destination (None: ``delivery.lanes``); Slack
+    #: takes about one message a second per webhook, so 1 suits it.
+    lanes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -169,36 +110,10 @@ def parse(text: str, environ: dict[str, str] | None = None, source: str = "confi
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top, got {type(raw).__name__}")
     try:
-        shaped = msgspec.convert(raw, _File)
+        shaped = msgspec.convert(raw, File)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(explain(exc)) from None
     return _build(shaped, os.environ if environ is None else environ)
-
-
-def _explain(exc: msgspec.ValidationError) -> str:
-    """msgspec's ``Expected `int`, got `str` - at `$.a[0].b``` as ``a[0].b: expected
-    int, got str``: the path first, as every other error here."""
-    message = str(exc)
-    where = ""
-    if " - at `$" in message:
-        message, _, rest = message.rpartition(" - at `$")
-        where = rest.rstrip("`").lstrip(".")
-    unknown = re.match(r"Object contains unknown field `(.+)`", message)
-    if unknown:
-        name = unknown.group(1)
-        return f"{where + '.' if where else ''}{name}: unknown field"
-    missing = re.match(r"Object missing required field `(.+)`", message)
-    if missing:
-        name = missing.group(1)
-        return f"{where + '.' if where else ''}{name}: required"
-    enum = re.match(r"Invalid enum value (.+)", message)
-    if enum:
-        field_name = re.sub(r"\[\d+\]$", "", where).rsplit(".", 1)[-1]
-        choices = _CHOICES.get(field_name)
-        if choices:
-            return f"{where}: expected one of {', '.join(choices)}, got {enum.group(1)}"
-    message = message.replace("`", "")
-    return f"{where or 'config'}: {message[:1].lower()}{message[1:]}"
 
 
 def _seconds(where: str, value: str | float, *, zero_ok: bool = False) -> float:
@@ -218,7 +133,7 @@ def _seconds(where: str, value: str | float, *, zero_ok: bool = False) -> float:
     return seconds
 
 
-def _build(shaped: _File, environ: dict[str, str] | os._Environ[str]) -> Config:
+def _build(shaped: File, environ: dict[str, str] | os._Environ[str]) -> Config:
     if not shaped.destinations:
         raise ConfigError("destinations: at least one is required")
     names: set[str] = set()
@@ -232,12 +147,7 @@ def _build(shaped: _File, environ: dict[str, str] | os._Environ[str]) -> Config:
         destinations.append(destination)
     if shaped.link_template is not None:
         _check_template("link_template", shaped.link_template)
-    try:
-        zone = ZoneInfo(shaped.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(
-            f"timezone: unknown IANA time zone {shaped.timezone!r} (e.g. UTC, Europe/Berlin)"
-        ) from None
+    zone = _zone(shaped.timezone, environ)
     if shaped.metrics_port is not None and not 0 <= shaped.metrics_port <= 65535:
         raise ConfigError(f"metrics_port: must be 0..65535, got {shaped.metrics_port}")
     if shaped.max_in_flight < 1:
@@ -264,7 +174,19 @@ def _build(shaped: _File, environ: dict[str, str] | os._Environ[str]) -> Config:
     )
 
 
-def _delivery(raw: _Delivery) -> Delivery:
+def _zone(name: str | None, environ: dict[str, str] | os._Environ[str]) -> ZoneInfo:
+    where = "timezone"
+    if name is None:
+        name, where = environ.get("CHURNWATCH_TIMEZONE") or "UTC", "CHURNWATCH_TIMEZONE"
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{where}: unknown IANA time zone {name!r} (e.g. UTC, Europe/Berlin)"
+        ) from None
+
+
+def _delivery(raw: RawDelivery) -> Delivery:
     if raw.max_attempts < 1:
         raise ConfigError(f"delivery.max_attempts: must be at least 1, got {raw.max_attempts}")
     if not 1 <= raw.lanes <= 64:
@@ -284,7 +206,7 @@ def _delivery(raw: _Delivery) -> Delivery:
 
 def _destination(
     where: str,
-    raw: _Destination,
+    raw: RawDestination,
     link_template: str | None,
     environ: dict[str, str] | os._Environ[str],
 ) -> Destination:
@@ -311,6 +233,8 @@ def _destination(
             f"{where}.daily_capacity: must be at least 1 (omit it for no limit), "
             f"got {raw.daily_capacity}"
         )
+    if raw.lanes is not None and not 1 <= raw.lanes <= 64:
+        raise ConfigError(f"{where}.lanes: must be 1..64, got {raw.lanes}")
     template = raw.link_template if raw.link_template is not None else link_template
     if raw.link_template is not None:
         _check_template(f"{where}.link_template", raw.link_template)
@@ -322,6 +246,7 @@ def _destination(
         daily_capacity=raw.daily_capacity,
         link_template=template,
         filters=_filters(f"{where}.filters", raw.filters),
+        lanes=raw.lanes,
     )
 
 
@@ -364,7 +289,7 @@ def _one_of(
     return inline
 
 
-def _filters(where: str, raw: _Filters) -> Filters:
+def _filters(where: str, raw: RawFilters) -> Filters:
     for name in ("tiers", "segments", "statuses"):
         if getattr(raw, name) == []:
             raise ConfigError(f"{where}.{name}: an empty list would match nothing; omit it")

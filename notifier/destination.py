@@ -123,7 +123,7 @@ class DestinationWorker:
         self.window: Window[Held] | None = Window(config.hold, monotonic) if capped else None
         self._opened = asyncio.Event()
         self.lanes: list[asyncio.Queue[Job]] = [
-            asyncio.Queue() for _ in range(config.delivery.lanes)
+            asyncio.Queue() for _ in range(destination.lanes or config.delivery.lanes)
         ]
         self._recent: OrderedDict[str, None] = OrderedDict()
         #: Jobs queued or being delivered.

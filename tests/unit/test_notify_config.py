@@ -105,6 +105,7 @@ BAD = [
     ("destinations", [], "destinations: at least one is required"),
     ("destinations", ..., "destinations: required"),
     ("timezone", "Mars/Olympus", "timezone: unknown IANA time zone"),
+    ("destinations[0].lanes", 0, "destinations[0].lanes: must be 1..64"),
     ("hold", "soon", "hold: not a duration"),
     ("hold", -1, "hold: must be 0 s or more"),
     ("delivery.timeout", 0, "delivery.timeout: must be more than 0 s"),
@@ -128,6 +129,17 @@ def test_each_bad_field_is_named(path: str, value: Any, message: str) -> None:
         _parse(_with(path, value))
     assert str(caught.value).startswith(message.split(":")[0]), caught.value
     assert message in str(caught.value)
+
+
+def test_the_zone_defaults_to_the_business_calendar() -> None:
+    raw = _with("timezone", ...)
+    assert str(_parse(raw, {"CRM_KEY": "k"}).timezone) == "UTC"
+    berlin = {"CRM_KEY": "k", "CHURNWATCH_TIMEZONE": "Europe/Berlin"}
+    assert str(_parse(raw, berlin).timezone) == "Europe/Berlin"
+    with pytest.raises(ConfigError, match=r"^CHURNWATCH_TIMEZONE: unknown IANA"):
+        _parse(raw, {"CRM_KEY": "k", "CHURNWATCH_TIMEZONE": "Nowhere/Else"})
+    tokyo = {"CRM_KEY": "k", "CHURNWATCH_TIMEZONE": "Asia/Tokyo"}
+    assert str(_parse(_good(), tokyo).timezone) == "Europe/Berlin"  # the file's own wins
 
 
 def test_a_secret_file_loses_its_trailing_newline(tmp_path: Path) -> None:
