@@ -215,9 +215,13 @@ def _destination(
     url = _one_of(where, "url", raw.url, raw.url_env, None, environ, required=True)
     assert url is not None
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        named = "url" if raw.url is not None else "url_env"
+    named = "url" if raw.url is not None else "url_env"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where}.{named}: expected an http(s):// URL")
+    try:
+        parts.port  # noqa: B018  (raises for a port out of range)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.{named}: {exc}") from None
     secret = _one_of(
         where, "secret", raw.secret, raw.secret_env, raw.secret_file, environ, required=False
     )

@@ -22,6 +22,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -97,7 +98,15 @@ async def attempt(
     except TimeoutError:
         return Attempt("retry", f"timeout after {timeout:g} s")
     except aiohttp.ClientError as exc:
-        return Attempt("retry", f"connection: {type(exc).__name__}: {exc}"[:DETAIL_CHARS])
+        # A webhook URL's path may hold its token (Slack's does): never repeat it.
+        text = str(exc).replace(url, redact(url))
+        return Attempt("retry", f"connection: {type(exc).__name__}: {text}"[:DETAIL_CHARS])
+
+
+def redact(url: str) -> str:
+    """``url`` without its path and query, which may hold a token."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/..."
 
 
 Sender = Callable[[Request], Awaitable[Attempt]]

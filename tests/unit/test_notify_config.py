@@ -87,6 +87,7 @@ BAD = [
     ("destinations[1].name", "team-a", "destinations[1].name: 'team-a' is used twice"),
     ("destinations[0].url", "ftp://x/y", "destinations[0].url: expected an http(s):// URL"),
     ("destinations[0].url", ..., "destinations[0].url: required"),
+    ("destinations[0].url", "https://h:99999/x", "destinations[0].url: Port out of range"),
     ("destinations[0].secret", "s", "destinations[0].secret: Slack incoming webhooks take no"),
     ("destinations[1].secret_env", ..., "destinations[1].secret: required for format json"),
     ("destinations[1].secret", "x", "destinations[1].secret_env: give only one of"),

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from notifier.config import Delivery, Destination
-from notifier.delivery import Attempt, backoff, classify, deliver
+from notifier.delivery import Attempt, attempt, backoff, classify, deliver, redact
 from notifier.formats import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
@@ -175,3 +175,18 @@ def test_retry_after_is_honoured_up_to_the_cap() -> None:
     assert waits == [3.0]
     _, waits, _ = _run([Attempt("retry", "HTTP 429", retry_after=600.0), ok])
     assert waits == [POLICY.backoff_max]
+
+
+@pytest.mark.parametrize("port", [9, 99999])  # refused; a URL aiohttp says is invalid
+def test_a_connection_error_never_repeats_the_webhook_token(port: int) -> None:
+    url = f"http://127.0.0.1:{port}/services/T000/B000/SECRET-TOKEN"
+
+    async def run() -> Attempt:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            return await attempt(session, url, build(SLACK, ALERT, opening=True, day="d"), 2.0)
+
+    result = asyncio.run(run())
+    assert result.kind == "retry" and result.detail.startswith("connection: ")
+    assert "SECRET-TOKEN" not in result.detail and redact(url) == f"http://127.0.0.1:{port}/..."
