@@ -13,7 +13,9 @@ admitted while the day's capacity lasts. The rest are **withheld**: counted in
 at-risk queue (``/at-risk``), and an escalation of such an episode competes again,
 at its new value. So within a window the ranking is exact, and a backlog (a
 notifier catching up after an outage, a worker replaying history) is read within
-one window or a few and ranked as a whole; live, where alerts trickle in, the
+one window or a few and ranked as a whole (a window holds at most about
+``max_in_flight`` records: fetching pauses while it is full, so a backlog larger
+than that is ranked in turns of that size); live, where alerts trickle in, the
 capacity goes to the best of each window in turn. The window only delays openings
 of capped destinations; follow-ups and uncapped destinations are sent at once.
 

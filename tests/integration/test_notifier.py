@@ -359,3 +359,21 @@ def test_a_bad_configuration_exits_naming_the_field(
     )
     assert done.returncode == 2, done.stderr
     assert field in " ".join(done.stderr.split()), done.stderr
+
+
+def test_the_example_configuration_checks() -> None:
+    env = {
+        **os.environ,
+        "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T/B/X",
+        "CRM_WEBHOOK_URL": "http://crm:8080/hooks",
+        "CRM_WEBHOOK_SECRET": "s",
+    }
+    config = ROOT / "deploy" / "notify.example.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "notify", "--config", str(config), "--check"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stderr)
+    assert [d["name"] for d in summary["destinations"]] == ["success-enterprise", "crm"]
+    assert "hooks.slack.com" not in done.stderr  # the summary shows no URL
