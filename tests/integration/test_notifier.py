@@ -152,6 +152,47 @@ async def _until(
         await asyncio.sleep(0.2)
 
 
+async def _kill_and_restart(
+    broker: Broker,
+    config: dict[str, Any],
+    path: Path,
+    log: Path,
+    receiver: Receiver,
+    later: list[tuple[bytes, bytes]],
+) -> None:
+    """Run the notifier, SIGKILL it mid-run, publish ``later``, run it again until
+    the group has committed everything, and stop it with SIGTERM."""
+    topic = config["source"]["topic"]
+    process = _start(path, broker, log)
+    try:
+        # Killed once the capped destinations have spent capacity, deliveries under way:
+        # the restart must neither count those openings again nor lose any transition.
+        def spent() -> bool:
+            return len(receiver.view("all")) >= 12 and len(receiver.view("capped")) >= 1
+
+        await _until(spent, "capacity spent", process, log, 90)
+        os.killpg(process.pid, signal.SIGKILL)
+        await asyncio.to_thread(process.wait, 10)
+        await _produce(broker.bootstrap, topic, later)
+        process = _start(path, broker, log)
+        group = config["source"]["group_id"]
+
+        async def caught_up() -> bool:
+            lag = await consumer_lag(broker.bootstrap, group, [topic])
+            return sum(lag.values()) == 0
+
+        # Zero lag: every record finished (a held or retrying one holds its commit back).
+        await _until(caught_up, "caught up (zero lag)", process, log, 180)
+        # What was not sent is counted: the restarted notifier withheld openings.
+        metrics = await asyncio.to_thread(_scrape, config["metrics_port"])
+        assert metrics[("capped", "withheld")] >= 1 and metrics[("all", "delivered")] >= 1
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 30)
+        assert code == 0, _tail(log)
+    finally:
+        stop_process_group(process, timeout=10, kill=True)
+
+
 async def test_every_transition_once_across_failures_and_a_sigkill(
     broker: Broker, topic_name: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -177,33 +218,9 @@ async def test_every_transition_once_across_failures_and_a_sigkill(
     # At least once upstream too: a worker may publish an alert twice, byte for byte.
     first, second = encoded[: len(encoded) // 2], encoded[len(encoded) // 2 :]
     await _produce(broker.bootstrap, topic, first + first[::7])
-    process = _start(path, broker, log)
     try:
-        # Killed once the capped destinations have spent capacity, deliveries under way:
-        # the restart must neither count those openings again nor lose any transition.
-        def spent() -> bool:
-            return len(receiver.view("all")) >= 12 and len(receiver.view("capped")) >= 1
-
-        await _until(spent, "capacity spent", process, log, 90)
-        os.killpg(process.pid, signal.SIGKILL)
-        await asyncio.to_thread(process.wait, 10)
-        await _produce(broker.bootstrap, topic, second + second[::5])
-        process = _start(path, broker, log)
-        group = config["source"]["group_id"]
-
-        async def caught_up() -> bool:
-            lag = await consumer_lag(broker.bootstrap, group, [topic])
-            return sum(lag.values()) == 0
-
-        await _until(caught_up, "caught up (zero lag)", process, log, 180)
-        # What was not sent is counted: the restarted notifier withheld openings.
-        metrics = await asyncio.to_thread(_scrape, config["metrics_port"])
-        assert metrics[("capped", "withheld")] >= 1 and metrics[("all", "delivered")] >= 1
-        process.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(process.wait, 30)
-        assert code == 0, _tail(log)
+        await _kill_and_restart(broker, config, path, log, receiver, second + second[::5])
     finally:
-        stop_process_group(process, timeout=10, kill=True)
         await runner.cleanup()
     days = _days(started, datetime.now(UTC))
     dead = [
