@@ -5,6 +5,8 @@ COPY schemas schemas
 COPY retention retention
 COPY streams streams
 COPY agents agents
+COPY processor processor
+COPY notifier notifier
 RUN pip install --no-cache-dir '.[rocksdb]'
 ENV CHURNWATCH_WEB_HOST=0.0.0.0 \
     CHURNWATCH_STORE=rocksdb:// \

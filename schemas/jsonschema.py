@@ -19,6 +19,7 @@ import msgspec
 from schemas.alert import AlertRecord
 from schemas.deadletter import DeadLetter
 from schemas.events import EVENT_STRUCTS, ClockTick
+from schemas.notify import Notification, NotifyDeadLetter
 
 JSON_DIR = Path(__file__).parent / "json"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -120,6 +121,19 @@ def generate() -> dict[str, dict[str, Any]]:
         "A churn-risk alert on churnwatch.alerts (key: customer_id). Upsert on "
         "(dedup_key, sequence); `starts_at` is the episode's start and `at` the "
         "transition's time, both event time; `observed_at` is processing time.",
+    )
+    files["notification.json"] = _schema(
+        Notification,
+        "notification",
+        "The body `churnwatch notify` posts to a generic JSON webhook, signed with "
+        "HMAC-SHA256 of the body (header X-Churnwatch-Signature: sha256=<hex>). "
+        "De-duplicate on `idempotency_key` (also the Idempotency-Key header).",
+    )
+    files["notify-deadletter.json"] = _schema(
+        NotifyDeadLetter,
+        "notify-deadletter",
+        "An alert transition `churnwatch notify` gave up on, on churnwatch.notify.dead: "
+        "the destination, the reason, and the alert record's original bytes (base64).",
     )
     return files
 

@@ -615,6 +615,36 @@ def redis_rebuild(
 
 
 @app.command()
+def notify(
+    config: Annotated[Path, typer.Option("--config", help="Notifier configuration, YAML or JSON")],
+    broker: BrokerOpt = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only validate the configuration, then exit")
+    ] = False,
+) -> None:
+    """Post alert transitions to webhooks (Slack, signed JSON), with a daily capacity.
+
+    Its own consumer group on churnwatch.alerts; Kafka connection and security from
+    the CHURNWATCH_* settings, as every command (README, "Notifying success teams").
+    """
+    from notifier.config import ConfigError, as_dict, load
+
+    try:
+        loaded = load(config)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    if check:
+        console.print_json(json.dumps(as_dict(loaded)))
+        return
+    from notifier.main import run_notifier
+
+    settings = _settings(broker=broker)
+    security = _kafka_security(settings)
+    run_notifier(loaded, settings.bootstrap, security, settings.log_level, settings.replication)
+
+
+@app.command()
 def demo(
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: run until Ctrl-C)")

@@ -117,3 +117,16 @@ def test_prometheus_and_grafana_are_wired() -> None:
     providers = yaml.safe_load((provisioning / "dashboards/churnwatch.yml").read_text())
     path = providers["providers"][0]["options"]["path"]
     assert path in [mount_target(v) for v in services["grafana"]["volumes"]]
+
+
+def test_the_notifier_runs_the_example_configuration_once() -> None:
+    notifier = compose_config()["services"]["notifier"]
+    assert notifier["command"][:2] == ["notify", "--config"]
+    mounted = {mount_target(v): v for v in notifier["volumes"]}
+    config = notifier["command"][2]
+    assert config in mounted and "deploy/notify.example.yaml" in mounted[config]
+    assert notifier["depends_on"]["topics-init"]["condition"] == "service_completed_successfully"
+    # One replica counts the daily capacity; it needs real webhook URLs, hence a profile.
+    assert "deploy" not in notifier and notifier["profiles"] == ["notify"]
+    for name in ("SLACK_WEBHOOK_URL", "CRM_WEBHOOK_URL", "CRM_WEBHOOK_SECRET"):
+        assert name in notifier["environment"]

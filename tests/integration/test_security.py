@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from aiokafka import AIOKafkaProducer
 from cryptography.hazmat.primitives import serialization
 
 from retention.timeutil import parse_time
@@ -27,11 +29,13 @@ from streams import topics
 from streams.inputs import read_events
 from streams.kafka_admin import create_topics, wait_for_zero_lag
 from streams.kafka_local import LocalKafka, SecureListener, check_installed
+from streams.processes import stop_process_group
 from streams.produce import publish
 from streams.replay import collect, wait_applied
-from streams.security import client_security
+from streams.security import client_kwargs, client_security
 from streams.settings import Settings, to_env
 from streams.workers import WorkerProcess, local_settings
+from tests.notify_support import Receiver, encode, episodes, serve
 from tests.oracle import customers, events_from, expected, facts_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -219,7 +223,7 @@ REFUSALS: dict[str, tuple[Callable[[Pki], dict[str, str]], str]] = {
 }
 
 
-@pytest.mark.parametrize("command", ["replay", "worker"])
+@pytest.mark.parametrize("command", ["replay", "worker", "notify"])
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_refused_access_fails_fast_naming_the_cause(
     kafka: LocalKafka, pki: Pki, tmp_path: Path, case: str, command: str
@@ -231,6 +235,8 @@ def test_refused_access_fails_fast_naming_the_cause(
         history = tmp_path / "events.jsonl"
         history.write_bytes(b"\n".join(event_lines()) + b"\n")
         args += [str(history), "--broker", settings.broker, "--as-of", END]
+    if command == "notify":
+        args += ["--config", str(_notify_config(tmp_path, "http://127.0.0.1:9/hook", "alerts"))]
     env = {**security_env(settings), "CHURNWATCH_BROKER": settings.broker,
            "CHURNWATCH_DATADIR": str(tmp_path / "data")}  # fmt: skip
     started = time.monotonic()
@@ -243,3 +249,57 @@ def test_refused_access_fails_fast_naming_the_cause(
     assert done.returncode != 0
     assert cause in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def _notify_config(folder: Path, url: str, topic: str) -> Path:
+    path = folder / "notify.json"
+    destination = {"name": "crm", "format": "json", "url": url, "secret": "k"}
+    path.write_text(json.dumps({"source": {"topic": topic, "group_id": f"{topic}-notifier",
+                                           "dead_letter_topic": f"{topic}.dead",
+                                           "state_topic": f"{topic}.state"},
+                                "destinations": [destination]}))  # fmt: skip
+    return path
+
+
+def _spawn_notify(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "notify", "--config", str(config)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+async def test_the_notifier_over_sasl_ssl(kafka: LocalKafka, pki: Pki, tmp_path: Path) -> None:
+    """``churnwatch notify`` reads alerts, and writes its state, through the SASL_SSL
+    listener with the CHURNWATCH_* security settings, as the workers do."""
+    settings = secured(kafka, pki)
+    security = client_security(settings)
+    topic = "secured.alerts"
+    await create_topics(settings.bootstrap, {topic: 2}, security=security)
+    alerts = [alert for history in episodes(seed=2, customers=4) for alert in history]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, **client_kwargs(security))
+    await producer.start()
+    try:
+        for alert in alerts:
+            key, value = encode(alert)
+            await producer.send_and_wait(topic, key=key, value=value)
+    finally:
+        await producer.stop()
+    receiver = Receiver()
+    runner, base = await serve(receiver)
+    config = _notify_config(tmp_path, f"{base}/crm", topic)
+    env = {**security_env(settings), "CHURNWATCH_BROKER": settings.broker}
+    log = tmp_path / "notify.log"
+    process = _spawn_notify(config, env, log)
+    wanted = {f"{a.dedup_key}:{a.sequence}" for a in alerts}
+    try:
+        deadline = time.monotonic() + 90
+        while set(receiver.view("crm")) != wanted:
+            assert process.poll() is None, log.read_bytes()[-3000:]
+            assert time.monotonic() < deadline, f"delivered {len(receiver.view('crm'))}"
+            await asyncio.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 30) == 0, log.read_bytes()[-3000:]
+    finally:
+        stop_process_group(process, timeout=10, kill=True)
+        await runner.cleanup()
