@@ -345,11 +345,68 @@ def pipeline() -> dict[str, Any]:
     )
 
 
+def segments() -> dict[str, Any]:
+    """Retention economics per segment (DESIGN section 10), side by side: one series
+    per segment in every panel, from the per-segment recording rules."""
+    last = 'period="last"'
+    current = 'period="current"'
+    return dashboard(
+        "churnwatch-segments",
+        "churnwatch · segments",
+        [
+            panel(
+                "Retention rate by segment (last closed period)",
+                [query(f"churnwatch:segment_retention_rate{{{last}}}", "{{segment}}")],
+                unit="percentunit",
+                description="(CE - CN) / CS of each segment's customers",
+            ),
+            panel(
+                "Churn rate by segment against its target",
+                [
+                    query(f"churnwatch:segment_churn_rate{{{last}}}", "{{segment}}"),
+                    query("churnwatch:segment_churn_target", "target {{segment}}"),
+                ],
+                unit="percentunit",
+                description="(CS - retained) / CS of the last closed period; the target is "
+                "segment_churn_targets in the risk configuration (segments with one only)",
+            ),
+            panel(
+                "Margin by segment (current period)",
+                [query(f"churnwatch:segment_margin{{{current}}}", "{{segment}}")],
+                unit="currencyUSD",
+                description="Revenue minus cost to serve of the period so far",
+            ),
+            panel(
+                "Predicted CLV against cost to serve per active customer",
+                [
+                    query("churnwatch:segment_predicted_clv:avg", "CLV {{segment}}"),
+                    query("churnwatch:segment_cost_to_serve_per_active", "cost {{segment}}"),
+                ],
+                unit="currencyUSD",
+                description="Mean predicted CLV of the segment's customers not churned, and "
+                "the current period's cost to serve per customer active now",
+            ),
+            panel(
+                "Value at risk by segment",
+                [query("sum by (segment) (churnwatch:segment_value_at_risk:sum)", "{{segment}}")],
+                unit="currencyUSD",
+                description="sum of risk score x predicted CLV - cost to serve, all tiers",
+            ),
+            panel(
+                "Active customers by segment",
+                [query("churnwatch:segment_customers_active:sum", "{{segment}}")],
+            ),
+        ],
+        ["segments"],
+    )
+
+
 DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
     "retention.json": retention,
     "cohorts.json": cohorts,
     "at-risk.json": at_risk,
     "pipeline.json": pipeline,
+    "segments.json": segments,
 }
 
 

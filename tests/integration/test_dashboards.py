@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from retention.risk_config import DEFAULTS_PATH as DEFAULT_RISK
 from retention.timeutil import from_micros, parse_time, to_micros
 from streams import topics
 from streams.generator import write_history
@@ -81,7 +82,7 @@ def test_dashboards_use_the_provisioned_datasource() -> None:
             assert panel["targets"], panel["title"]
             for target in panel["targets"]:
                 assert target["datasource"]["uid"] == "churnwatch-prometheus"
-    assert len(uids) == 4
+    assert len(uids) == 5
 
 
 def test_every_panel_query_returns_series(tmp_path: Path) -> None:
@@ -92,7 +93,14 @@ def test_every_panel_query_returns_series(tmp_path: Path) -> None:
         EmbeddedRedis(tmp_path / "redis") as redis,
     ):
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 2)))
-        settings = local_settings(Settings(), broker, 2, tmp_path).replace(redis_url=redis.url)
+        # The calibrated risk defaults with churn targets for two of the generator's
+        # segments: the Segments dashboard draws each target against its churn.
+        risk = json.loads(DEFAULT_RISK.read_text())
+        risk["segment_churn_targets"] = {"enterprise": 0.02, "smb": 0.05}
+        (tmp_path / "risk.json").write_text(json.dumps(risk))
+        settings = local_settings(Settings(), broker, 2, tmp_path).replace(
+            redis_url=redis.url, risk=str(tmp_path / "risk.json")
+        )
         worker = WorkerProcess(settings, tmp_path / "worker.log")
         worker.start()
         prometheus = None
