@@ -98,6 +98,11 @@ class FaustOffsets:
     def assigned(self) -> list[int]:
         return assigned_partitions(self.app)
 
+    def rebalances(self) -> int:
+        # Faust's ``on_rebalance_start`` counts it in the consumer thread's revocation
+        # callback, synchronously, before the revocation reaches the main loop.
+        return int(getattr(self.app, "rebalancing_count", 0))
+
 
 def take_count(app: ChurnwatchApp, stream: Any) -> int:
     """How many of Faust's events make a batch of at most ``batch_max`` records: from

@@ -93,6 +93,10 @@ class Offsets(Protocol):
     def assigned(self) -> list[int]:
         """The input partitions this worker actively owns."""
 
+    def rebalances(self) -> int:
+        """How many rebalances have begun in this worker: counted by the consumer's
+        own thread the moment a revocation starts, before the agent hears of it."""
+
 
 @dataclass
 class Parts:

@@ -45,6 +45,8 @@ class Offsets:
         self.landings: dict[Any, tuple[int, int]] = {}
         self.commits: dict[Any, int] = {}
         self.owned: list[int] = []
+        #: Rebalances begun (``rebalances``); a test moves it on.
+        self.rebalance_count = 0
 
     def writable(self) -> None:
         return None
@@ -66,6 +68,9 @@ class Offsets:
 
     def assigned(self) -> list[int]:
         return list(self.owned)
+
+    def rebalances(self) -> int:
+        return self.rebalance_count
 
 
 def parts(settings: Settings, offsets: Offsets, table: dict[bytes, bytes] | None = None) -> Parts:
