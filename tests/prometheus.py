@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from retention.risk_config import DEFAULTS_PATH
 from streams.processes import stop_process_group
 from streams.workers import free_port
 
@@ -28,6 +29,21 @@ RULES = DEPLOY / "rules.yml"
 ALERTS = DEPLOY / "alerts.yml"
 ALERTS_TEST = DEPLOY / "tests" / "alerts_test.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
+
+
+#: Acceptable churn for two of the generator's segments (streams/generator.py):
+#: the segment alert and the Segments dashboard read ``churnwatch_segment_churn_target``.
+CHURN_TARGETS = {"enterprise": 0.02, "smb": 0.05}
+
+
+def risk_with_targets(workdir: Path) -> str:
+    """The calibrated risk defaults with ``CHURN_TARGETS``, written into ``workdir``:
+    the path, for ``Settings.risk``."""
+    risk = json.loads(DEFAULTS_PATH.read_text())
+    risk["segment_churn_targets"] = CHURN_TARGETS
+    path = workdir / "risk.json"
+    path.write_text(json.dumps(risk))
+    return str(path)
 
 
 def prometheus_query(base: str, expr: str) -> dict[str, Any]:

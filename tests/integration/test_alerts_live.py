@@ -12,14 +12,12 @@ really stop.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from retention.risk_config import DEFAULTS_PATH as DEFAULT_RISK
 from retention.timeutil import from_micros, parse_time
 from streams import topics
 from streams.generator import write_history
@@ -36,6 +34,7 @@ from tests.prometheus import (
     RULES,
     prometheus_get,
     prometheus_query,
+    risk_with_targets,
     rules,
     start_prometheus,
     vector_selectors,
@@ -83,12 +82,8 @@ def test_alert_rules_read_what_a_worker_exports(tmp_path: Path) -> None:
         redis = EmbeddedRedis(tmp_path / "redis")
         redis.start()
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 2)))
-        # Churn targets for two of the generator's segments: the segment alert reads them.
-        risk = json.loads(DEFAULT_RISK.read_text())
-        risk["segment_churn_targets"] = {"enterprise": 0.02, "smb": 0.05}
-        (tmp_path / "risk.json").write_text(json.dumps(risk))
         settings = local_settings(Settings(), broker, 2, tmp_path).replace(
-            redis_url=redis.url, risk=str(tmp_path / "risk.json")
+            redis_url=redis.url, risk=risk_with_targets(tmp_path)
         )
         worker = WorkerProcess(settings, tmp_path / "worker.log")
         worker.start()

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from retention.risk_config import DEFAULTS_PATH as DEFAULT_RISK
 from retention.timeutil import from_micros, parse_time, to_micros
 from streams import topics
 from streams.generator import write_history
@@ -32,7 +31,7 @@ from streams.replay import tick_and_wait
 from streams.settings import Settings
 from streams.workers import WorkerProcess, local_settings
 from tests.brokers import new_broker
-from tests.prometheus import prometheus_query, start_prometheus
+from tests.prometheus import prometheus_query, risk_with_targets, start_prometheus
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,13 +92,8 @@ def test_every_panel_query_returns_series(tmp_path: Path) -> None:
         EmbeddedRedis(tmp_path / "redis") as redis,
     ):
         asyncio.run(create_topics(broker.bootstrap, dict.fromkeys(topics.ALL_TOPICS, 2)))
-        # The calibrated risk defaults with churn targets for two of the generator's
-        # segments: the Segments dashboard draws each target against its churn.
-        risk = json.loads(DEFAULT_RISK.read_text())
-        risk["segment_churn_targets"] = {"enterprise": 0.02, "smb": 0.05}
-        (tmp_path / "risk.json").write_text(json.dumps(risk))
         settings = local_settings(Settings(), broker, 2, tmp_path).replace(
-            redis_url=redis.url, risk=str(tmp_path / "risk.json")
+            redis_url=redis.url, risk=risk_with_targets(tmp_path)
         )
         worker = WorkerProcess(settings, tmp_path / "worker.log")
         worker.start()
